@@ -99,9 +99,9 @@ class Llm2VecTokenizer:
     return len(self.tokenizer(text, truncation=True, max_length=self.max_length,
                               add_special_tokens=False)["input_ids"])
 
-  def __call__(self, texts: Sequence[str], instructions: Sequence[str] | str = "",
-               pad_to: int | None = None) -> dict[str, np.ndarray]:
-    """Tokenizes a batch. `pad_to` fixes L (default: the longest in the batch)."""
+  def encode_rows(self, texts: Sequence[str], instructions: Sequence[str] | str = ""
+                  ) -> list[tuple[list[int], int]]:
+    """Unpadded rows: (token ids, number of trailing tokens that are pooled) per text."""
     if isinstance(instructions, str):
       instructions = [instructions] * len(texts)
     strings = [self.prepare(self.join(i, t)) for i, t in zip(instructions, texts)]
@@ -111,18 +111,26 @@ class Llm2VecTokenizer:
     ids = self.tokenizer(whole, truncation=True, max_length=self.max_length)["input_ids"]
     n_pooled = [len(x) for x in self.tokenizer(pooled, truncation=True, max_length=self.max_length,
                                                add_special_tokens=False)["input_ids"]]
-    length = max(len(x) for x in ids) if pad_to is None else pad_to
-    if pad_to is not None and max(len(x) for x in ids) > pad_to:
-      raise ValueError(f"pad_to={pad_to} is shorter than a tokenized text; set max_length <= pad_to")
-    batch = len(ids)
-    input_ids = np.full((batch, length), self.tokenizer.pad_token_id, np.int32)
-    attention_mask = np.zeros((batch, length), np.int32)
-    embed_mask = np.zeros((batch, length), np.int32)
-    for b, (row, n) in enumerate(zip(ids, n_pooled)):
+    return [(list(row), min(n, len(row))) for row, n in zip(ids, n_pooled)]
+
+  def pad(self, rows: Sequence[tuple[list[int], int]], length: int) -> dict[str, np.ndarray]:
+    """Pads rows to (len(rows), length) arrays on `padding_side`."""
+    if any(len(r) > length for r, _ in rows):
+      raise ValueError(f"pad length {length} is shorter than a tokenized text; set max_length <= {length}")
+    input_ids = np.full((len(rows), length), self.tokenizer.pad_token_id, np.int32)
+    attention_mask = np.zeros((len(rows), length), np.int32)
+    embed_mask = np.zeros((len(rows), length), np.int32)
+    for b, (row, n) in enumerate(rows):
       start = length - len(row) if self.padding_side == "left" else 0
       end = start + len(row)
       input_ids[b, start:end] = row
       attention_mask[b, start:end] = 1
       # The pooled tokens are the last n real tokens (llm2vec marks the last n positions).
-      embed_mask[b, end - min(n, len(row)):end] = 1
+      embed_mask[b, end - n:end] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "embed_mask": embed_mask}
+
+  def __call__(self, texts: Sequence[str], instructions: Sequence[str] | str = "",
+               pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """Tokenizes and pads a batch; `pad_to` fixes L (default: the longest in the batch)."""
+    rows = self.encode_rows(texts, instructions)
+    return self.pad(rows, pad_to if pad_to is not None else max(len(r) for r, _ in rows))

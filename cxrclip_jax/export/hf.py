@@ -1,0 +1,196 @@
+"""Hugging Face directories <-> text-encoder params, through one explicit key table.
+
+Reads plain HF directories (safetensors only; `LlamaModel`, `LlamaForCausalLM`, `Qwen2Model`,
+`MistralModel` keys, and the released LLM2VEC4CXR's `latent_attn.*`), writes directories that
+`transformers.AutoModel.from_pretrained` loads with no missing or unexpected keys. Pickle weights
+are never loaded and no remote code is ever run.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxrclip_jax.export import keymap, safetensors_io
+from cxrclip_jax.models import lora as lora_lib
+from cxrclip_jax.models.llm_encoder import LlmConfig, LlmForMNTP
+from cxrclip_jax.models.text_encoder import TextEncoder
+
+# HF LlamaModel / Qwen2Model / MistralModel key -> Flax path under the `model` subtree.
+# Biases exist only where the config asks for them; rows for absent params are simply unused.
+LLM_KEYS: tuple[keymap.Row, ...] = (
+    ("embed_tokens.weight", "embed_tokens/weight", False),
+    *[(f"layers.{{i}}.self_attn.{p}.{w}", f"layers_{{i}}/self_attn/{p}/{f}", w == "weight")
+      for p in ("q_proj", "k_proj", "v_proj", "o_proj") for w, f in (("weight", "kernel"), ("bias", "bias"))],
+    *[(f"layers.{{i}}.mlp.{p}.{w}", f"layers_{{i}}/mlp/{p}/{f}", w == "weight")
+      for p in ("gate_proj", "up_proj", "down_proj") for w, f in (("weight", "kernel"), ("bias", "bias"))],
+    ("layers.{i}.input_layernorm.weight", "layers_{i}/input_layernorm/weight", False),
+    ("layers.{i}.post_attention_layernorm.weight", "layers_{i}/post_attention_layernorm/weight", False),
+    ("norm.weight", "norm/weight", False),
+)
+# The released LLM2VEC4CXR latent-attention pooling (torch nn.MultiheadAttention + MLP).
+LATENT_ATTN_KEYS: tuple[keymap.Row, ...] = (
+    ("latent_attn.latents", "latent_attn/latents", False),
+    ("latent_attn.multihead_attn.in_proj_weight", "latent_attn/multihead_attn/in_proj_weight", False),
+    ("latent_attn.multihead_attn.in_proj_bias", "latent_attn/multihead_attn/in_proj_bias", False),
+    ("latent_attn.multihead_attn.out_proj.weight", "latent_attn/multihead_attn/out_proj/kernel", True),
+    ("latent_attn.multihead_attn.out_proj.bias", "latent_attn/multihead_attn/out_proj/bias", False),
+    ("latent_attn.mlp.0.weight", "latent_attn/mlp_0/kernel", True),
+    ("latent_attn.mlp.0.bias", "latent_attn/mlp_0/bias", False),
+    ("latent_attn.mlp.2.weight", "latent_attn/mlp_2/kernel", True),
+    ("latent_attn.mlp.2.bias", "latent_attn/mlp_2/bias", False),
+)
+LM_HEAD_KEYS: tuple[keymap.Row, ...] = (("lm_head.weight", "lm_head/kernel", True),)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+POOLING_FILE = "pooling.safetensors"  # latent-attention weights, kept out of AutoModel's state dict
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _table(hf_prefix: str, with_latent: bool, with_lm_head: bool) -> tuple[keymap.Row, ...]:
+  rows = tuple((hf_prefix + h, "model/" + f, t) for h, f, t in LLM_KEYS)
+  return rows + (LATENT_ATTN_KEYS if with_latent else ()) + (LM_HEAD_KEYS if with_lm_head else ())
+
+
+def read_config(model_dir: str | pathlib.Path) -> dict:
+  model_dir = pathlib.Path(model_dir)
+  if not model_dir.is_dir():
+    raise FileNotFoundError(f"model directory {str(model_dir)!r} does not exist")
+  path = model_dir / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{model_dir} has no config.json (not an HF model directory)")
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_weights(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Every tensor of an HF directory (single file or sharded, plus our pooling side file)."""
+  model_dir = pathlib.Path(model_dir)
+  index = model_dir / "model.safetensors.index.json"
+  if index.is_file():
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+  elif (model_dir / "model.safetensors").is_file():
+    files = ["model.safetensors"]
+  else:
+    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+      raise ValueError(f"{model_dir} has only pickle weights ({', '.join(pickles)}); pickle is never loaded — "
+                       "convert them to safetensors first")
+    raise FileNotFoundError(f"{model_dir} has no model.safetensors")
+  if (model_dir / POOLING_FILE).is_file():
+    files.append(POOLING_FILE)
+  tensors = {}
+  for f in files:
+    if not (model_dir / f).is_file():
+      raise FileNotFoundError(f"{model_dir / f} is listed in the index but missing")
+    tensors.update(safetensors_io.read(model_dir / f))
+  return tensors
+
+
+def abstract_shapes(module, *init_args) -> dict[str, tuple]:
+  """Flat {path: shape} of a module's params, without allocating them."""
+  from flax import linen as nn
+  abstract = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *init_args))["params"])
+  return {k: v.shape for k, v in keymap.flatten(abstract).items()}
+
+
+def _dummy_text_inputs():
+  ids = jnp.zeros((1, 4), jnp.int32)
+  return ids, jnp.ones_like(ids), jnp.ones_like(ids)
+
+
+def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = False, dtype: str = "float32",
+                      num_latents: int | None = None, latent_heads: int = 8, **config_overrides):
+  """(TextEncoder module, numpy params) from an HF directory. Raises naming any bad key."""
+  hf_config = read_config(model_dir)
+  config = LlmConfig.from_hf(hf_config, is_causal=is_causal, dtype=dtype, **config_overrides)
+  tensors = read_weights(model_dir)
+  latent = pooling == "latent_attention"
+  if latent and num_latents is None:
+    if "latent_attn.latents" not in tensors:
+      raise keymap.KeyMismatchError(f"latent_attention pooling needs 'latent_attn.*' keys; {model_dir} has none")
+    num_latents = tensors["latent_attn.latents"].shape[0]
+  module = TextEncoder(config, pooling=pooling, num_latents=num_latents or 512, latent_heads=latent_heads)
+  # LlamaForCausalLM checkpoints prefix the base model with "model."; an encoder ignores lm_head.
+  prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+  optional = [r"lm_head\.weight"] + ([] if latent else [_regex_of(r) for r in LATENT_ATTN_KEYS])
+  params, ignored = keymap.to_flax(tensors, _table(prefix, latent, False), abstract_shapes(module, *_dummy_text_inputs()),
+                                   optional=optional)
+  return module, params, ignored
+
+
+def _regex_of(row: keymap.Row) -> str:
+  import re
+  return re.escape(row[0])
+
+
+def load_mntp(model_dir, *, dtype: str = "float32", **config_overrides):
+  """(LlmForMNTP module, numpy params): base model plus LM head (tied heads reuse embed_tokens)."""
+  config = LlmConfig.from_hf(read_config(model_dir), is_causal=False, dtype=dtype, **config_overrides)
+  tensors = read_weights(model_dir)
+  module = LlmForMNTP(config)
+  prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+  ids = jnp.zeros((1, 4), jnp.int32)
+  shapes = abstract_shapes(module, ids, jnp.ones_like(ids))
+  optional = [r"lm_head\.weight"] if config.tie_word_embeddings else []
+  params, _ = keymap.to_flax(tensors, _table(prefix, False, not config.tie_word_embeddings), shapes,
+                             optional=optional)
+  return module, params
+
+
+def _write_weights(out_dir: pathlib.Path, tensors: dict[str, np.ndarray], max_shard_bytes: int) -> None:
+  total = sum(a.nbytes for a in tensors.values())
+  if total <= max_shard_bytes:
+    safetensors_io.write(out_dir / "model.safetensors", tensors, {"format": "pt"})
+    return
+  shards, current, size = [], {}, 0
+  for k in sorted(tensors):
+    if current and size + tensors[k].nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[k] = tensors[k]
+    size += tensors[k].nbytes
+  shards.append(current)
+  weight_map = {}
+  for n, shard in enumerate(shards, 1):
+    name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+    safetensors_io.write(out_dir / name, shard, {"format": "pt"})
+    weight_map.update({k: name for k in shard})
+  (out_dir / "model.safetensors.index.json").write_text(
+      json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None, pooling: str = "mean",
+                      lora: lora_lib.LoraConfig | None = None, max_length: int = 512,
+                      max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+  """Writes an HF directory: base-model keys in model.safetensors (params' dtype), LoRA merged,
+  latent-attention weights (if any) in pooling.safetensors, tokenizer files copied over."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  params = jax.device_get(params)
+  if lora is not None:
+    params = lora_lib.merge(params, lora)
+  latent = "latent_attn" in params
+  tensors = keymap.to_hf(params, _table("", latent, False))
+  pooled = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("latent_attn.")]}
+  _write_weights(out_dir, tensors, max_shard_bytes)
+  if pooled:
+    safetensors_io.write(out_dir / POOLING_FILE, pooled)
+  dtype = str(np.asarray(tensors["embed_tokens.weight"]).dtype)
+  hf = config.to_hf()
+  hf.update(torch_dtype=dtype, dtype=dtype)
+  (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+  (out_dir / "llm2vec_config.json").write_text(json.dumps(
+      {"pooling_mode": pooling, "max_length": max_length, "skip_instruction": True}, indent=2) + "\n")
+  if tokenizer_dir is not None:
+    for name in TOKENIZER_FILES:
+      if (pathlib.Path(tokenizer_dir) / name).is_file():
+        shutil.copyfile(pathlib.Path(tokenizer_dir) / name, out_dir / name)
+  return out_dir
