@@ -74,8 +74,12 @@ def embed_file(model_dir: str, input_path: str, output_path: str, *, pooling: st
   from cxrclip_jax.export import hf
   from data_pipelines.tokenization import Llm2VecTokenizer
 
-  hf.read_config(model_dir)  # a missing directory or config fails here, before the tokenizer
-  tokenizer = Llm2VecTokenizer.from_model_dir(model_dir, max_length=max_length, pooling=pooling)
+  hf.read_config(model_dir)  # a missing directory, config or weights fails here, first
+  hf.weight_files(model_dir)
+  try:
+    tokenizer = Llm2VecTokenizer.from_model_dir(model_dir, max_length=max_length, pooling=pooling)
+  except (OSError, ValueError) as e:
+    raise InputError(f"could not load the tokenizer of {model_dir}: {e}") from None
   bos = tokenizer.tokenizer.bos_token_id
   if pooling == "bos_token":
     rows = tokenizer.encode_rows(texts[:1], instruction)
@@ -109,7 +113,7 @@ def main(argv):
                      bidirectional=_BIDIRECTIONAL.value, instruction=_INSTRUCTION.value,
                      max_length=_MAX_LENGTH.value, batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value)
   except (InputError, FileNotFoundError, KeyMismatchError, SafetensorsError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
     return 1
   print(f"wrote {_OUTPUT.value}: {emb.shape[0]} x {emb.shape[1]} float32")
   return 0

@@ -10,6 +10,7 @@ The reports are CC BY-NC-ND 4.0: they are read from the cache at run time, never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import pathlib
@@ -90,7 +91,13 @@ def demo_studies(iu_dir: pathlib.Path | None = None, skipped: list[tuple[str, st
 
 
 def findings(study: DemoStudy) -> labels.Findings:
-  return labels.extract(study.report.text())
+  return _findings(study.report.text())
+
+
+@functools.lru_cache(maxsize=8192)
+def _findings(text: str) -> labels.Findings:
+  # Cached: the contact sheet and the renderer both label every report.
+  return labels.extract(text)
 
 
 def render(study: DemoStudy, size: int = 256) -> np.ndarray:
@@ -137,7 +144,9 @@ def write_contact_sheet(studies: Sequence[DemoStudy], path, size: int = 160, n: 
   for i, study in enumerate(chosen):
     x, y = (i % cols) * size, (i // cols) * (size + caption_h)
     sheet.paste(Image.fromarray(render(study, size)).convert("RGB"), (x, y))
-    shown = demo_render.drawn(findings(study))
+    fs = findings(study)
+    shown = [name + "".join(f" {d[name]}" for d in (fs.laterality, fs.severity) if name in d)
+             for name in demo_render.drawn(fs)]
     lines = [f"{study.study_id} ({study.split})"]
     lines += textwrap.wrap("drawn: " + (", ".join(shown) if shown else "nothing (normal)"), chars)[:2]
     lines += textwrap.wrap(study.report.impression or study.report.findings, chars)

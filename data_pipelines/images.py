@@ -108,10 +108,10 @@ def _decode_dicom(data: bytes, max_pixels: int) -> np.ndarray:
     _check_size(int(ds.Columns), int(ds.Rows), max_pixels)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
       raise ImageError("multi-frame DICOM is not a single radiograph")
-    arr = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
       raise ImageError(f"DICOM photometric interpretation {photometric} is not grayscale")
+    arr = ds.pixel_array
     arr = pixels.apply_modality_lut(arr, ds)  # Rescale slope/intercept (or a Modality LUT).
     arr = pixels.apply_voi_lut(arr, ds)       # VOI LUT or window center/width, when present.
   except ImageError:
@@ -141,11 +141,12 @@ def _unit(img: np.ndarray) -> np.ndarray:
 
 
 def resize(img: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
-  """Square `size` x `size` image. float32 (H, W) -> float32 (size, size).
+  """Square `size` x `size` image: (H, W) -> (size, size), same dtype (float32 [0, 1] or uint8).
 
   fit="pad" scales the longer side to `size` and centers the image on black (nothing cut off, as
   a radiologist sees it); fit="crop" scales the shorter side to `size` and crops the center.
-  Antialiased bilinear (PIL scales the filter support when shrinking).
+  Antialiased bilinear (PIL scales the filter support when shrinking); uint8 stays 8-bit (PIL's
+  "L" mode, the fast path for prepared images), float32 is resized in "F" mode.
   """
   if fit not in FITS:
     raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
@@ -157,7 +158,9 @@ def resize(img: np.ndarray, size: int, fit: str = "pad") -> np.ndarray:
   if fit == "crop":
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.ascontiguousarray(img[top:top + size, left:left + size])
-  out = np.zeros((size, size), np.float32)
+  if (nh, nw) == (size, size):
+    return img
+  out = np.zeros((size, size), img.dtype)
   top, left = (size - nh) // 2, (size - nw) // 2
   out[top:top + nh, left:left + nw] = img
   return out
@@ -175,12 +178,10 @@ def encode_png(img: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-  """Prepared PNG bytes -> uint8 (H, W). For data this package wrote; no windowing needed."""
+def decode_png(data: bytes, size: int | None = None) -> np.ndarray:
+  """Prepared PNG bytes -> uint8 (H, W), or (size, size): prepared images are square, so no fit."""
   im = Image.open(io.BytesIO(data))
-  return np.asarray(im if im.mode == "L" else im.convert("L"))
-
-
-def prepare(data: bytes, size: int, fit: str = "pad", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Source file bytes -> the stored form: uint8 (size, size)."""
-  return to_uint8(resize(decode(data, max_pixels=max_pixels, draft_size=size), size, fit))
+  im = im if im.mode == "L" else im.convert("L")
+  if size is not None and im.size != (size, size):
+    im = im.resize((size, size), Image.Resampling.BILINEAR)
+  return np.asarray(im)

@@ -55,31 +55,27 @@ def tokenize(tokenizer: Llm2VecTokenizer, text: str, instruction: str, max_lengt
 
 
 class ClipExample(grain.transforms.RandomMap):
-  """Record -> image (S, S, 3) float32 normalized, tokens, ids, labels, valid."""
+  """Record -> image uint8 (S, S), tokens, ids, labels, valid (`NormalizeImages` finishes images)."""
 
   def __init__(self, *, image_size: int, train: bool, augment_images: bool,
                augment_config: image_augment.AugmentConfig, tokenizer: Llm2VecTokenizer | None,
-               max_length: int, instruction: str, mean: float, std: float, shuffle_p: float):
+               max_length: int, instruction: str, shuffle_p: float):
     self.image_size, self.train, self.augment_images = image_size, train, augment_images
     self.augment_config, self.tokenizer, self.max_length = augment_config, tokenizer, max_length
-    self.instruction, self.mean, self.std, self.shuffle_p = instruction, mean, std, shuffle_p
+    self.instruction, self.shuffle_p = instruction, shuffle_p
 
   def _image(self, record: dict, rng: np.random.Generator) -> np.ndarray:
     # Training sees every view of a study; evaluation its first frontal one, always the same.
     i = int(rng.integers(len(record["images"]))) if self.train else first_frontal(record["views"])
-    pixels = images.decode_png(record["images"][i])  # uint8 (S0, S0)
-    if pixels.shape != (self.image_size, self.image_size):
-      pixels = images.to_uint8(images.resize(pixels.astype(np.float32) / 255, self.image_size, "pad"))
-    if self.augment_images:
-      return image_augment.normalize(image_augment.augment(pixels, rng, self.augment_config), self.mean, self.std)
-    return image_augment.normalize(pixels, self.mean, self.std)
+    pixels = images.decode_png(record["images"][i], self.image_size)  # uint8 (S, S)
+    return image_augment.augment(pixels, rng, self.augment_config) if self.augment_images else pixels
 
   def _tokens(self, text: str) -> dict[str, np.ndarray]:
     return tokenize(self.tokenizer, text, self.instruction, self.max_length) if self.tokenizer else {}
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     if element["raw"] is None:
-      return {"image": np.zeros((self.image_size, self.image_size, 3), np.float32), **self._tokens(""),
+      return {"image": np.zeros((self.image_size, self.image_size), np.uint8), **self._tokens(""),
               "record_index": np.int32(0), "dataset_index": np.int32(0), "text_id": np.int32(-1),
               "study_id": np.int32(-1), "labels": np.zeros(tfds_dataset.NUM_LABELS, np.int8),
               "valid": np.bool_(False)}
@@ -93,6 +89,21 @@ class ClipExample(grain.transforms.RandomMap):
             "text_id": np.int32(text_id(record["report"])),
             "study_id": np.int32(study_hash(record["dataset"], record["study_id"])),
             "labels": record["labels"], "valid": np.bool_(True)}
+
+
+class NormalizeImages(grain.transforms.Map):
+  """Batch image uint8 (B, S, S) -> float32 (B, S, S, 3), (x / 255 - mean) / std.
+
+  Runs once per batch in the consuming process, after the worker processes: rows travel between
+  processes as 8-bit pixels, 12x fewer bytes than float RGB (writing float32 into shared memory
+  costs more than the decoding itself).
+  """
+
+  def __init__(self, mean: float, std: float):
+    self.mean, self.std = mean, std
+
+  def map(self, batch: dict) -> dict:
+    return {**batch, "image": image_augment.normalize(batch["image"], self.mean, self.std)}
 
 
 def mntp_mask(input_ids: np.ndarray, attention_mask: np.ndarray, rng: np.random.Generator, *,
@@ -119,7 +130,8 @@ class MntpExample(grain.transforms.RandomMap):
   """Record -> masked input_ids, attention_mask, embed_mask, labels (int32 (L,)), ids, valid."""
 
   def __init__(self, *, tokenizer: Llm2VecTokenizer, max_length: int, text_field: str, mask_kwargs: dict):
-    self.tokenizer, self.max_length, self.text_field, self.mask_kwargs = tokenizer, max_length, text_field, mask_kwargs
+    self.tokenizer, self.max_length = tokenizer, max_length
+    self.text_field, self.mask_kwargs = text_field, mask_kwargs
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     record = tfds_dataset.parse(element["raw"]) if element["raw"] is not None else None

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pathlib
 import re
+import shutil
 import sys
 import time
 
@@ -90,7 +91,7 @@ def _run_jobs(jobs: list[Job], workers: int) -> None:
       print(f"prepare: {done}/{len(jobs)} shards, {written} studies written, "
             f"{time.time() - start:.0f} s", flush=True)
 
-  if workers <= 1 or len(jobs) == 1:
+  if workers <= 1 or len(jobs) <= 1:
     for job in jobs:
       report(write_shard(job))
     return
@@ -141,11 +142,22 @@ def _write_json(path: pathlib.Path, obj: dict) -> None:
   os.replace(tmp, path)
 
 
+def _concatenate(parts: list[pathlib.Path], path: pathlib.Path) -> None:
+  """The shards' metadata sidecars, in shard order, as one file (bytes copied, not re-parsed)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "wb") as out:
+    for part in parts:
+      with open(part, "rb") as f:
+        shutil.copyfileobj(f, out)
+  os.replace(tmp, path)
+
+
 def _remove_stale(output: pathlib.Path, jobs: list[Job]) -> None:
-  """Shards and markers of an earlier plan (other sizes or shard counts) are not part of this one."""
-  keep = {j.shard().name for j in jobs} | {j.marker().name for j in jobs}
-  for folder, pattern in ((tfds_dataset.tfds_dir(output), f"{tfds_dataset.NAME}-*"), (output / "work", "*.json")):
-    for path in folder.glob(pattern):
+  """Files of an earlier plan (other sizes or shard counts) and temporaries of killed workers."""
+  keep = {p.name for j in jobs for p in (j.shard(), j.marker(), j.sidecar())}
+  for folder, pattern in ((tfds_dataset.tfds_dir(output), f"{tfds_dataset.NAME}-*"), (output / "work", "*.json*")):
+    for path in [*folder.glob(pattern), *folder.glob(f".{pattern}.tmp*")]:
       if path.name not in keep:
         path.unlink()
 
@@ -176,6 +188,16 @@ def run(opts: Options) -> dict:
     print(f"prepare: task {opts.task_index}/{opts.num_tasks} done; run once more without "
           "--num_tasks to check skips and write the metadata", flush=True)
     return {}
+  summary = _finish(opts, col, jobs)
+  if opts.dataset == "demo":
+    from data_pipelines import demo
+    demo.write_contact_sheet([r.source for r in col.records], output / "demo_contact_sheet.png")
+  return summary
+
+
+def _finish(opts: Options, col, jobs: list[Job]) -> dict:
+  """Checks the skips against the limit, then writes the metadata that makes the folder a dataset."""
+  output = pathlib.Path(opts.output)
   markers = [read_marker(j) for j in jobs]
   missing = [j.name for j, m in zip(jobs, markers) if m is None]
   if missing:
@@ -191,19 +213,16 @@ def run(opts: Options) -> dict:
                        f"first: {worst} (all in {output / 'summary.json'})")
   by_split = collections.defaultdict(list)
   for job, marker in zip(jobs, markers):
-    by_split[job.split].append(marker)
-  for split, ms in by_split.items():
-    tfds_dataset.write_jsonl(output / "metadata" / f"{split}.jsonl", [r for m in ms for r in m["records"]])
+    by_split[job.split].append((job, marker))
+  for split, done in by_split.items():
+    _concatenate([job.sidecar() for job, _ in done], output / "metadata" / f"{split}.jsonl")
   tfds_dataset.write_metadata(
-      output, {s: [m["num_records"] for m in ms] for s, ms in by_split.items()},
-      {s: sum(m["num_bytes"] for m in ms) for s, ms in by_split.items()},
+      output, {s: [m["num_records"] for _, m in done] for s, done in by_split.items()},
+      {s: sum(m["num_bytes"] for _, m in done) for s, done in by_split.items()},
       description=f"{opts.dataset} prepared at {opts.image_size} px ({opts.fit}) by data_pipelines.prepare")
   _remove_stale(output, jobs)
   summary = _summary(opts, col, markers, skipped, tallies, "ok")
   _write_json(output / "summary.json", summary)
-  if opts.dataset == "demo":
-    from data_pipelines import demo
-    demo.write_contact_sheet([r.source for r in col.records], output / "demo_contact_sheet.png")
   return summary
 
 

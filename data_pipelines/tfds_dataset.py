@@ -4,7 +4,8 @@
     OUTPUT/metadata/{split}.jsonl             per record, in record order: texts, ids, labels
     OUTPUT/tfds/cxr_clip/1.0.0/               a TFDS dataset (dataset_info.json, features.json,
         cxr_clip-{split}.array_record-{k}-of-{K})   readable by `tfds.builder_from_directory`
-    OUTPUT/work/{split}-{k}-of-{K}.json       done-marker per shard (resume), kept for inspection
+    OUTPUT/work/{split}-{k}-of-{K}.json       done-marker per shard (resume): counts, skips
+    OUTPUT/work/{split}-{k}-of-{K}.records.jsonl   that shard's metadata lines
 
 Shards are written by parallel workers with TFDS's own example serializer and file naming, then
 described with `tfds.folder_dataset.write_metadata` (TFDS's route for shards written outside a
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Sequence
-
 import numpy as np
 
 NAME = "cxr_clip"
@@ -29,15 +28,19 @@ NUM_LABELS = 14
 
 
 def features():
-  """The record schema as TFDS features."""
+  """The record schema as TFDS features (strings are UTF-8 bytes)."""
   import tensorflow_datasets as tfds  # Deferred: 0.5 s to import, and readers only need `parse`.
-  text = lambda: tfds.features.Tensor(shape=(), dtype=np.object_)  # noqa: E731  UTF-8 bytes.
-  return tfds.features.FeaturesDict({
-      "images": tfds.features.Sequence(text()),       # 8-bit grayscale PNGs, (S, S), frontal first
-      "image_paths": tfds.features.Sequence(text()),  # source paths relative to the dataset root
-      "views": tfds.features.Sequence(text()),        # "PA", "AP", "LATERAL", "" (unknown)
-      **{name: text() for name in TEXT_FIELDS},
-      "labels": tfds.features.Tensor(shape=(NUM_LABELS,), dtype=np.int8),  # labels.FINDINGS order
+  feature = tfds.features
+
+  def string():
+    return feature.Tensor(shape=(), dtype=np.object_)
+
+  return feature.FeaturesDict({
+      "images": feature.Sequence(string()),       # 8-bit grayscale PNGs, (S, S), frontal first
+      "image_paths": feature.Sequence(string()),  # source paths relative to the dataset root
+      "views": feature.Sequence(string()),        # "PA", "AP", "LATERAL", "" (unknown)
+      **{name: string() for name in TEXT_FIELDS},
+      "labels": feature.Tensor(shape=(NUM_LABELS,), dtype=np.int8),  # labels.FINDINGS order
   })
 
 
@@ -129,12 +132,3 @@ def read_metadata(data_dir: str | os.PathLike, split: str) -> list[dict]:
     raise FileNotFoundError(f"{path} does not exist; is {data_dir} a prepared dataset?")
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f]
-
-
-def write_jsonl(path: pathlib.Path, rows: Sequence[dict]) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)

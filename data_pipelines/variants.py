@@ -75,7 +75,35 @@ _SEVERITY_SWAP = {
 _SEVERITY_TOKEN = re.compile(r"\b(?:" + "|".join(_SEVERITY_SWAP) + r")\b", re.I)
 # Findings graded by degree ("severe") rather than size ("large").
 _DEGREE = {"Cardiomegaly", "Enlarged Cardiomediastinum", "Edema"}
-_PREDICATE = re.compile(r"\b(?:enlarged|enlargement|large|increased|widened)\b", re.I)
+_PREDICATE = re.compile(r"\b(?:enlarged|large|increased|widened)\b", re.I)
+# Words that end a noun phrase on its left: a grade goes after them ("a [large] left effusion").
+_NOT_MODIFIER = {"with", "and", "or", "is", "are", "was", "were", "of", "in", "on", "at", "the", "a", "an", "there",
+                 "no", "by", "to", "for", "from", "has", "have", "increased", "new", "some", "persistent", "stable"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Labelled:
+  """A text with its labels and mentions, computed once per `hard_negative` call."""
+  text: str
+  findings: labels_lib.Findings
+  mentions: list[labels_lib.Mention]
+
+  @classmethod
+  def of(cls, text: str) -> "_Labelled":
+    found = labels_lib.mentions(text)
+    return cls(text, labels_lib.aggregate(text, found), found)
+
+  def positive_mentions(self, finding: str) -> list[labels_lib.Mention]:
+    return [m for m in self.mentions if m.finding == finding and m.status == 1]
+
+  def nearest(self, pattern: re.Pattern, m: labels_lib.Mention) -> re.Match | None:
+    """The token of `pattern` that belongs to mention `m`: the last one between the previous
+    mention and the end of `m`, else the first one between `m` and the next mention."""
+    same = [o for o in self.mentions if o.sentence == m.sentence]
+    lo = max([m.sentence[0]] + [o.end for o in same if o.end <= m.start])
+    hi = min([m.sentence[1]] + [o.start for o in same if o.start >= m.end])
+    before = list(pattern.finditer(self.text, lo, m.end))
+    return before[-1] if before else pattern.search(self.text, m.end, hi)
 
 
 def _match_case(new: str, old: str) -> str:
@@ -90,57 +118,42 @@ def _edit(text: str, edits: list[tuple[int, int, str]]) -> str:
   return text
 
 
-def _nearest(pattern: re.Pattern, text: str, m: labels_lib.Mention,
-             found: list[labels_lib.Mention]) -> re.Match | None:
-  """The token of `pattern` that belongs to mention `m`: the last one between the previous mention
-  and the end of `m`, else the first one between `m` and the next mention (same sentence)."""
-  lo = max([m.sentence[0]] + [o.end for o in found if o.sentence == m.sentence and o.end <= m.start])
-  hi = min([m.sentence[1]] + [o.start for o in found if o.sentence == m.sentence and o.start >= m.end])
-  before = list(pattern.finditer(text, lo, m.end))
-  return before[-1] if before else pattern.search(text, m.end, hi)
-
-
 def _others_same(a: labels_lib.Findings, b: labels_lib.Findings, finding: str, field: str) -> bool:
   """True when `b` equals `a` in every label and in `field` for every finding but `finding` (and
   "No Finding", which follows the others); for an attribute field, `finding`'s label too."""
-  others = lambda d: {k: v for k, v in d.items() if k in labels_lib.FINDINGS and k not in (finding, "No Finding")}
+  def others(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k in labels_lib.FINDINGS and k not in (finding, "No Finding")}
   same_label = field == "labels" or a.labels.get(finding) == b.labels.get(finding)
-  return same_label and others(a.labels) == others(b.labels) and others(getattr(a, field)) == others(getattr(b, field))
+  return (same_label and others(a.labels) == others(b.labels) and
+          others(getattr(a, field)) == others(getattr(b, field)))
 
 
-def _positive_mentions(found: list[labels_lib.Mention], finding: str) -> list[labels_lib.Mention]:
-  return [m for m in found if m.finding == finding and m.status == 1]
+def _shuffled(items: list, rng: np.random.Generator) -> list:
+  return [items[i] for i in rng.permutation(len(items))]
 
 
-def _swap_tokens(text: str, rng, pattern: re.Pattern, table: dict, field: str) -> tuple[str, str] | None:
-  before = labels_lib.extract(text)
-  found = labels_lib.mentions(text)
-  attrs = getattr(before, field)
-  candidates = [f for f in labels_lib.FINDINGS if before.labels.get(f) == 1 and attrs.get(f) in
-                ({"left", "right"} if field == "laterality" else {"upper", "middle", "lower"})]
-  for finding in [candidates[i] for i in rng.permutation(len(candidates))]:
-    tokens = {t.span(): t.group(0) for m in _positive_mentions(found, finding)
-              if (t := _nearest(pattern, text, m, found)) is not None}
-    if not tokens:
-      continue
+def _swap_tokens(src: _Labelled, rng: np.random.Generator, pattern: re.Pattern, table: dict,
+                 field: str) -> tuple[str, str] | None:
+  """Swaps the `field` token of every positive mention of one finding (chosen at random)."""
+  attrs = getattr(src.findings, field)
+  allowed = {"left", "right"} if field == "laterality" else {"upper", "middle", "lower"}
+  candidates = [f for f in labels_lib.FINDINGS if src.findings.labels.get(f) == 1 and attrs.get(f) in allowed]
+  for finding in _shuffled(candidates, rng):
+    tokens = {t.span(): t.group(0) for m in src.positive_mentions(finding) if (t := src.nearest(pattern, m))}
     edits = [(s, e, _match_case(table[old.lower()], old)) for (s, e), old in tokens.items()]
-    new_text = _edit(text, edits)
+    new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
-    if getattr(after, field).get(finding) not in (None, attrs[finding]) and _others_same(before, after, finding, field):
-      olds = sorted({old.lower() for old in tokens.values()})
-      news = sorted({e[2].lower() for e in edits})
+    if edits and getattr(after, field).get(finding) not in (None, attrs[finding]) and \
+        _others_same(src.findings, after, finding, field):
+      olds, news = sorted({old.lower() for old in tokens.values()}), sorted({e[2].lower() for e in edits})
       return new_text, f"{field}: {'/'.join(olds)} -> {'/'.join(news)} ({finding})"
   return None
 
 
-def _laterality(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
+def _laterality(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
   """Left <-> right for one finding (all its positive mentions); falls back to a zone swap."""
-  return (_swap_tokens(text, rng, _SIDE_TOKEN, _SIDE_SWAP, "laterality") or
-          _swap_tokens(text, rng, _ZONE_TOKEN, _ZONE_SWAP, "zone"))
-
-
-_NOT_MODIFIER = {"with", "and", "or", "is", "are", "was", "were", "of", "in", "on", "at", "the", "a", "an", "there",
-                 "no", "by", "to", "for", "from", "has", "have", "increased", "new", "some", "persistent", "stable"}
+  return (_swap_tokens(src, rng, _SIDE_TOKEN, _SIDE_SWAP, "laterality") or
+          _swap_tokens(src, rng, _ZONE_TOKEN, _ZONE_SWAP, "zone"))
 
 
 def _phrase_start(text: str, m: labels_lib.Mention) -> int:
@@ -153,71 +166,68 @@ def _phrase_start(text: str, m: labels_lib.Mention) -> int:
   return at
 
 
-def _severity(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
-  """Changes a stated grade to the opposite one, or adds a grade where none is stated."""
-  before = labels_lib.extract(text)
-  found = labels_lib.mentions(text)
-  candidates = [f for f in labels_lib.FINDINGS if before.labels.get(f) == 1 and f not in ("No Finding", "Support Devices")]
-  for finding in [candidates[i] for i in rng.permutation(len(candidates))]:
-    mentions = _positive_mentions(found, finding)
+def _grade_edits(src: _Labelled, finding: str) -> list[tuple[int, int, str]]:
+  """Edits that flip the stated grade of `finding`, or add one ("large", "markedly") if none is stated."""
+  mentions = src.positive_mentions(finding)
+  if finding in src.findings.severity:
     edits = []
-    if finding in before.severity:
-      for m in mentions:
-        token = _nearest(_SEVERITY_TOKEN, text, m, found)
-        if token is not None:
-          new = _SEVERITY_SWAP[token.group(0).lower()]
-          if finding in _DEGREE and new in ("small", "large"):
-            new = {"small": "mild", "large": "severe"}[new]
-          edits.append((token.start(), token.end(), _match_case(new, token.group(0))))
-      change = "severity: {} -> {{}} ({})".format(before.severity[finding], finding)
-    else:
-      m = mentions[0]
-      predicate = _PREDICATE.search(text, m.start, m.end) if m.end - m.start > 15 else None
-      if predicate:  # "The heart is enlarged" -> "The heart is markedly enlarged"
-        edits.append((predicate.start(), predicate.start(), "markedly "))
-      else:
-        at = _phrase_start(text, m)
-        word = "severe" if finding in _DEGREE else "large"
-        at_start = not reports.TAG.sub("", text[m.sentence[0]:at]).strip()
-        if at_start and text[at].isupper():
-          edits.append((at, at + 1, word.capitalize() + " " + text[at].lower()))
-        else:
-          edits.append((at, at, word + " "))
-      change = "severity: none stated -> {{}} ({})".format(finding)
-    if not edits:
-      continue
-    new_text = _edit(text, edits)
+    for m in mentions:
+      if (token := src.nearest(_SEVERITY_TOKEN, m)) is not None:
+        new = _SEVERITY_SWAP[token.group(0).lower()]
+        if finding in _DEGREE and new in ("small", "large"):
+          new = {"small": "mild", "large": "severe"}[new]
+        edits.append((token.start(), token.end(), _match_case(new, token.group(0))))
+    return edits
+  m = mentions[0]
+  if (predicate := _PREDICATE.search(src.text, m.start, m.end)):  # "The heart is [markedly] enlarged"
+    return [(predicate.start(), predicate.start(), "markedly ")]
+  at = _phrase_start(src.text, m)
+  word = "severe" if finding in _DEGREE else "large"
+  if not reports.TAG.sub("", src.text[m.sentence[0]:at]).strip() and src.text[at].isupper():
+    return [(at, at + 1, word.capitalize() + " " + src.text[at].lower())]  # sentence start
+  return [(at, at, word + " ")]
+
+
+def _severity(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
+  """Changes a stated grade to the opposite one, or adds a grade where none is stated."""
+  candidates = [f for f in labels_lib.FINDINGS
+                if src.findings.labels.get(f) == 1 and f not in ("No Finding", "Support Devices")]
+  for finding in _shuffled(candidates, rng):
+    edits = _grade_edits(src, finding)
+    new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
-    if after.severity.get(finding) not in (None, before.severity.get(finding)) and _others_same(before, after, finding, "severity"):
-      return new_text, change.format(after.severity[finding])
+    old = src.findings.severity.get(finding)
+    if edits and after.severity.get(finding) not in (None, old) and \
+        _others_same(src.findings, after, finding, "severity"):
+      return new_text, f"severity: {old or 'none stated'} -> {after.severity[finding]} ({finding})"
   return None
 
 
-# One sentence per finding, stating it with laterality/severity where that applies; {side} and
-# {sev} are filled at random. Used for false findings.
+# One sentence per finding, stating it with laterality/severity where that applies; the fields are
+# filled at random (capitalized names give capitalized values). Used for false findings.
 _TEMPLATES = {
     "Enlarged Cardiomediastinum": ("The mediastinum is widened.",),
-    "Cardiomegaly": ("The heart is {deg} enlarged.", "{Deg2} cardiomegaly."),
+    "Cardiomegaly": ("The heart is {deg} enlarged.", "{Grade} cardiomegaly."),
     "Lung Opacity": ("Patchy airspace opacity in the {side} {zone} lung.",),
     "Lung Lesion": ("There is a {mm} mm nodule in the {side} {zone} lobe.", "{Side} {zone} lobe mass."),
-    "Edema": ("{Deg2} pulmonary edema.",),
+    "Edema": ("{Grade} pulmonary edema.",),
     "Consolidation": ("Focal consolidation in the {side} {zone} lobe.",),
     "Pneumonia": ("Findings consistent with {side} {zone} lobe pneumonia.",),
     "Atelectasis": ("{Side} basilar atelectasis.",),
-    "Pneumothorax": ("There is a {sev} {side} pneumothorax.",),
-    "Pleural Effusion": ("There is a {sev} {side} pleural effusion.",),
+    "Pneumothorax": ("There is a {size} {side} pneumothorax.",),
+    "Pleural Effusion": ("There is a {size} {side} pleural effusion.",),
     "Pleural Other": ("{Side} apical pleural thickening.",),
     "Fracture": ("Acute fracture of the {side} {nth} rib.",),
     "Support Devices": ("{Side} chest wall pacemaker with leads in the right atrium and right ventricle.",
                         "Endotracheal tube tip 4 cm above the carina."),
 }
+_CHOICES = {"side": ("left", "right"), "zone": ("upper", "lower"), "size": ("small", "moderate", "large"),
+            "deg": ("mildly", "moderately", "markedly"), "grade": ("mild", "moderate", "severe"),
+            "mm": tuple(str(n) for n in range(5, 25)), "nth": ("fourth", "fifth", "sixth", "seventh")}
 
 
 def _fill(template: str, rng: np.random.Generator) -> str:
-  pick = lambda xs: xs[int(rng.integers(len(xs)))]
-  values = {"side": pick(("left", "right")), "zone": pick(("upper", "lower")), "sev": pick(("small", "moderate", "large")),
-            "deg": pick(("mildly", "moderately", "markedly")), "deg2": pick(("mild", "moderate", "severe")),
-            "mm": str(int(rng.integers(5, 25))), "nth": pick(("fourth", "fifth", "sixth", "seventh"))}
+  values = {k: v[int(rng.integers(len(v)))] for k, v in _CHOICES.items()}
   values.update({k.capitalize(): v.capitalize() for k, v in list(values.items())})
   return template.format(**values)
 
@@ -233,16 +243,14 @@ def _insert_sentence(text: str, sentence: str, rng: np.random.Generator) -> str:
   return " ".join(f"[{t}] {b}" if t else b for t, b in parts)
 
 
-def _false_finding(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
+def _false_finding(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
   """States a finding the report does not mention at all."""
-  before = labels_lib.extract(text)
-  absent = [f for f in _TEMPLATES if f not in before.labels]
-  for finding in [absent[i] for i in rng.permutation(len(absent))]:
+  for finding in _shuffled([f for f in _TEMPLATES if f not in src.findings.labels], rng):
     templates = _TEMPLATES[finding]
     sentence = _fill(templates[int(rng.integers(len(templates)))], rng)
-    new_text = _insert_sentence(text, sentence, rng)
+    new_text = _insert_sentence(src.text, sentence, rng)
     after = labels_lib.extract(new_text)
-    if after.labels.get(finding) == 1 and _others_same(before, after, finding, "labels"):
+    if after.labels.get(finding) == 1 and _others_same(src.findings, after, finding, "labels"):
       return new_text, f"false finding: added {sentence!r} ({finding})"
   return None
 
@@ -254,42 +262,37 @@ _NEGATED = {
     "Atelectasis": "No atelectasis.", "Pneumothorax": "No pneumothorax.", "Pleural Effusion": "No pleural effusion.",
     "Pleural Other": "No pleural thickening.", "Fracture": "No fracture.", "Support Devices": "No support devices.",
 }
-_THERE_IS = re.compile(r"^(\W*)there (is|are) (?:an? |some |again |also |now |still )*", re.I)
+_THERE_IS = re.compile(r"^there (is|are) (?:an? |some |again |also |now |still )*", re.I)
 _IS_PREDICATE = re.compile(r"\b(is|are|appears|remains)\s+(?:\w+ly\s+)?(enlarged|widened|increased)\b", re.I)
+_CLAUSE_WORD = re.compile(r"\b(?:with|and|or|but|in|of|no|not)\b", re.I)
 
 
 def _negate_sentence(sentence: str, finding: str) -> str:
   """The sentence saying the opposite: "There is a small X" -> "There is no X", "The heart is mildly
-  enlarged" -> "The heart is not enlarged", a bare noun phrase "Small left X." -> "No left X.";
+  enlarged" -> "The heart is not enlarged", a short noun phrase "Small left X." -> "No left X.";
   anything more complex becomes the finding's plain negative sentence."""
-  stripped = sentence.strip()
-  if _THERE_IS.match(stripped):
-    rest = _SEVERITY_TOKEN.sub("", _THERE_IS.sub("", stripped, count=1))
-    return _THERE_IS.match(stripped).group(1) + f"There {_THERE_IS.match(stripped).group(2).lower()} no " + " ".join(rest.split())
-  if (m := _IS_PREDICATE.search(stripped)):
-    return stripped[:m.start()] + f"{m.group(1)} not {m.group(2)}" + stripped[m.end():]
-  words = stripped.split()
-  if len(words) <= 6 and not re.search(r"\b(?:with|and|or|but|in|of|no|not)\b", stripped, re.I):
-    rest = " ".join(_SEVERITY_TOKEN.sub("", stripped).split())
-    return "No " + rest[0].lower() + rest[1:] if rest else _NEGATED[finding]
+  if (there := _THERE_IS.match(sentence)):
+    rest = " ".join(_SEVERITY_TOKEN.sub("", sentence[there.end():]).split())
+    return f"There {there.group(1).lower()} no {rest}"
+  if (m := _IS_PREDICATE.search(sentence)):
+    return sentence[:m.start()] + f"{m.group(1)} not {m.group(2)}" + sentence[m.end():]
+  rest = " ".join(_SEVERITY_TOKEN.sub("", sentence).split())
+  if len(sentence.split()) <= 6 and not _CLAUSE_WORD.search(sentence) and rest:
+    return "No " + rest[0].lower() + rest[1:]
   return _NEGATED[finding]
 
 
-def _false_negation(text: str, rng: np.random.Generator) -> tuple[str, str] | None:
+def _false_negation(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
   """Denies a finding the report states: every sentence stating it is rewritten as its negation."""
-  before = labels_lib.extract(text)
-  found = labels_lib.mentions(text)
-  positive = [f for f in _NEGATED if before.labels.get(f) == 1]
-  for finding in [positive[i] for i in rng.permutation(len(positive))]:
-    spans = sorted({m.sentence for m in _positive_mentions(found, finding)})
+  for finding in _shuffled([f for f in _NEGATED if src.findings.labels.get(f) == 1], rng):
     edits = []
-    for start, end in spans:
-      sentence = text[start:end]
-      lead = re.match(r"\s*(?:\[[A-Z][A-Z _/()-]*\]\s*)?", sentence).group(0)  # Keep spacing and a tag.
-      edits.append((start, end, lead + _negate_sentence(sentence[len(lead):], finding)))
-    new_text = _edit(text, edits)
+    for start, end in sorted({m.sentence for m in src.positive_mentions(finding)}):
+      sentence = src.text[start:end]
+      lead = re.match(r"\s*(?:\[[A-Z][A-Z _/()-]*\]\s*)?", sentence).group(0)  # keep spacing and a tag
+      edits.append((start, end, lead + _negate_sentence(sentence[len(lead):].strip(), finding)))
+    new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
-    if after.labels.get(finding) == 0 and _others_same(before, after, finding, "labels"):
+    if after.labels.get(finding) == 0 and _others_same(src.findings, after, finding, "labels"):
       return new_text, f"false negation: {finding} denied"
   return None
 
@@ -306,9 +309,9 @@ def hard_negative(text: str, rng: np.random.Generator, error_type: str | None = 
   """
   if error_type is not None and error_type not in _INJECT:
     raise ValueError(f"unknown error type {error_type!r}; known: {', '.join(ERROR_TYPES)}")
-  types = [error_type] if error_type else [ERROR_TYPES[i] for i in rng.permutation(len(ERROR_TYPES))]
-  for kind in types:
-    result = _INJECT[kind](text, rng)
+  src = _Labelled.of(text)
+  for kind in [error_type] if error_type else _shuffled(list(ERROR_TYPES), rng):
+    result = _INJECT[kind](src, rng)
     if result is not None:
       return Variant(result[0], kind, result[1])
   return None

@@ -207,7 +207,8 @@ class WordTokenizer:
     return self.vocab_size
 
   def _ids(self, text: str) -> list[int]:
-    return [3 + int.from_bytes(w.encode()[:3].ljust(3, b"\0"), "little") % (self.vocab_size - 3) for w in text.split()]
+    span = self.vocab_size - 3
+    return [3 + int.from_bytes(w.encode()[:3].ljust(3, b"\0"), "little") % span for w in text.split()]
 
   def __call__(self, texts, truncation=True, max_length=None, add_special_tokens=True):
     single = isinstance(texts, str)

@@ -119,12 +119,14 @@ def test_augment_is_seeded_and_keeps_laterality():
   a = image_augment.augment(img, np.random.default_rng(7))
   b = image_augment.augment(img, np.random.default_rng(7))
   np.testing.assert_array_equal(a, b)
-  assert a.dtype == np.float32 and a.shape == (64, 64) and 0 <= a.min() and a.max() <= 1
+  assert a.dtype == np.uint8 and a.shape == (64, 64) and not np.array_equal(a, img)
   for seed in range(10):
-    out = image_augment.augment(img, np.random.default_rng(seed))
-    assert out[:, :20].mean() > out[:, -20:].mean() + 0.4
+    out = image_augment.augment(img, np.random.default_rng(seed)).astype(float)
+    assert out[:, :20].mean() > out[:, -20:].mean() + 100
   flipped = image_augment.augment(img, np.random.default_rng(0), image_augment.AugmentConfig(hflip_p=1.0))
-  assert flipped[:, -20:].mean() > flipped[:, :20].mean() + 0.4
+  assert flipped[:, -20:].astype(float).mean() > flipped[:, :20].mean() + 100
+  identity = image_augment.AugmentConfig(0, 0, 0, 0, 0, 0)
+  np.testing.assert_array_equal(image_augment.augment(img, np.random.default_rng(0), identity), img)
 
 
 def test_clahe_raises_local_contrast():
@@ -140,7 +142,12 @@ def test_clahe_raises_local_contrast():
 
 
 def test_normalize():
-  out = image_augment.normalize(np.array([[0, 255]], np.uint8), mean=0.5, std=0.25)
-  assert out.shape == (1, 2, 3) and out.dtype == np.float32
-  np.testing.assert_allclose(out[0, :, 0], [-2.0, 2.0])
+  out = image_augment.normalize(np.array([[[0, 255, 51]]], np.uint8), mean=0.5, std=0.25)
+  assert out.shape == (1, 1, 3, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(out[0, 0, :, 0], [-2.0, 2.0, -1.2], rtol=1e-6)
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_resize_keeps_uint8():
+  out = images.resize(fx.radiograph(6), 32)
+  assert out.dtype == np.uint8 and out.shape == (32, 32)

@@ -64,7 +64,9 @@ def test_clip_batch_contract(data, tokenizer):
   for i, record in enumerate(batch["record_index"]):
     assert batch["text_id"][i] == meta[record]["text_id"] and batch["study_id"][i] == meta[record]["study_id"]
     np.testing.assert_array_equal(batch["labels"][i], meta[record]["labels"])
-  assert "input_ids" not in next(iter(_clip(data[0])))
+  raw = next(iter(_clip(data[0], normalize_images=False)))
+  assert raw["image"].shape == (4, 32, 32) and raw["image"].dtype == np.uint8 and "input_ids" not in raw
+  np.testing.assert_array_equal(next(iter(_clip(data[0])))["image"], image_augment.normalize(raw["image"]))
 
 
 def test_same_seed_same_batches_other_seed_other_order(data, tokenizer):
@@ -89,10 +91,10 @@ def test_two_workers_match_serial_and_resume_exactly(data, tokenizer):
 
 
 def test_evaluation_is_ordered_padded_and_not_augmented(data, tokenizer):
-  meta = pipelines.read_split(data[0], "validation")  # 4 records -> batches of 3: 3 + (1 + 2 padding)
+  meta = pipelines.read_split(data[0], "validation")  # 5 records -> batches of 3: 3 + (2 + 1 padding)
   batches = list(_clip(data[0], tokenizer, split="validation", batch_size=3, train=False))
-  assert [b["valid"].tolist() for b in batches] == [[True] * 3, [True, False, False]]
-  assert [b["record_index"][b["valid"]].tolist() for b in batches] == [[0, 1, 2], [3]]
+  assert [b["valid"].tolist() for b in batches] == [[True] * 3, [True, True, False]]
+  assert [b["record_index"][b["valid"]].tolist() for b in batches] == [[0, 1, 2], [3, 4]]
   again = list(_clip(data[0], tokenizer, split="validation", batch_size=3, train=False, seed=5))
   _equal(batches, again)  # No randomness in evaluation, whatever the seed.
   source = grain.sources.ArrayRecordDataSource(tfds_dataset.split_files(data[0], "validation"))
@@ -100,7 +102,7 @@ def test_evaluation_is_ordered_padded_and_not_augmented(data, tokenizer):
   np.testing.assert_allclose(batches[0]["image"][0], image_augment.normalize(stored), atol=1e-6)
   want = tokenizer([meta[0]["report_tagged"]], "", pad_to=MAX_LENGTH)  # Tagged text, not shuffled.
   np.testing.assert_array_equal(batches[0]["input_ids"][0], want["input_ids"][0])
-  assert batches[1]["text_id"][1] == -1 and not batches[1]["image"][1].any()
+  assert batches[1]["text_id"][2] == -1 and (batches[1]["image"][2] == -1).all()  # Black, masked.
 
 
 def test_process_shards_cover_every_record_once(data):
@@ -109,15 +111,17 @@ def test_process_shards_cover_every_record_once(data):
     batches = list(_clip(data[0], split="validation", batch_size=3, train=False, process_index=p, process_count=3))
     counts.append(len(batches))
     seen += [i for b in batches for i in b["record_index"][b["valid"]].tolist()]
-  assert sorted(seen) == list(range(4)) and len(set(counts)) == 1
+  assert sorted(seen) == list(range(5)) and len(set(counts)) == 1
+  # Training: 14 records over 2 processes, batches of 2 per process: 3 batches each, disjoint.
   train = [[i for b in _clip(data[0], batch_size=4, process_index=p, process_count=2, num_epochs=1)
             for i in b["record_index"].tolist()] for p in range(2)]
-  assert len(train[0]) == len(train[1]) == 8 and sorted(train[0] + train[1]) == list(range(16))
+  assert len(train[0]) == len(train[1]) == 6 and not set(train[0]) & set(train[1])
+  assert all(i % 2 == p for p in range(2) for i in train[p])
 
 
 def test_epochs_are_reshuffled(data):
-  order = [i for b in _clip(data[0], batch_size=4, num_epochs=2) for i in b["record_index"].tolist()]
-  assert sorted(order[:16]) == sorted(order[16:]) == list(range(16)) and order[:16] != order[16:]
+  order = [i for b in _clip(data[0], batch_size=2, num_epochs=2) for i in b["record_index"].tolist()]
+  assert sorted(order[:14]) == sorted(order[14:]) == list(range(14)) and order[:14] != order[14:]
 
 
 def test_mixing_follows_weights(data):
@@ -148,7 +152,8 @@ def test_mntp_dataset(data, tokenizer):
   assert {k: v.shape for k, v in batch.items()} == {
       "input_ids": (4, MAX_LENGTH), "attention_mask": (4, MAX_LENGTH), "embed_mask": (4, MAX_LENGTH),
       "labels": (4, MAX_LENGTH), "record_index": (4,), "dataset_index": (4,), "text_id": (4,), "valid": (4,)}
-  assert (batch["labels"] != IGNORE_INDEX).any() and (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+  assert (batch["labels"] != IGNORE_INDEX).any()
+  assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
   evaluation = list(pipelines.mntp_dataset(data[0], "validation", train=False, **kw))
   _equal(evaluation, list(pipelines.mntp_dataset(data[0], "validation", train=False, **kw)))
 
@@ -173,12 +178,33 @@ def test_real_tokenizer(data, asset):
   assert pipelines.mask_token_id(tok.tokenizer) == tok.tokenizer.convert_tokens_to_ids("_")
 
 
+_NO_JAX_IMPORTER = """
+import importlib, importlib.abc, pkgutil, sys
+offenders = []
+
+class Watch(importlib.abc.MetaPathFinder):
+  # Records which module's code asked for jax; the import itself proceeds as usual.
+  def find_spec(self, name, path=None, target=None):
+    if name == "jax":
+      frame = sys._getframe(1)
+      while frame and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+        frame = frame.f_back
+      offenders.append(frame.f_globals.get("__name__", "?") if frame else "?")
+    return None
+
+sys.meta_path.insert(0, Watch())
+import data_pipelines, data_pipelines.sources
+for pkg in (data_pipelines, data_pipelines.sources):
+  for m in pkgutil.iter_modules(pkg.__path__):
+    importlib.import_module(pkg.__name__ + "." + m.name)
+ours = [o for o in offenders if not o.startswith("grain.")]
+assert not ours, ours
+assert "tensorflow" not in sys.modules
+"""
+
+
 def test_importing_data_pipelines_does_not_import_jax():
-  code = ("import pkgutil, importlib, sys, data_pipelines, data_pipelines.sources\n"
-          "for pkg in (data_pipelines, data_pipelines.sources):\n"
-          "  for m in pkgutil.iter_modules(pkg.__path__):\n"
-          "    importlib.import_module(pkg.__name__ + '.' + m.name)\n"
-          "bad = [m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules]\n"
-          "assert not bad, bad\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  # Grain 0.2.x itself imports jax.tree_util when jax is installed (grain/_src/core/tree_lib.py);
+  # what must hold is that no data_pipelines module asks for jax.
+  proc = subprocess.run([sys.executable, "-c", _NO_JAX_IMPORTER], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr

@@ -82,10 +82,12 @@ def test_resume_redoes_only_unfinished_shards(tmp_path, capsys):
   mtimes = {p.name: p.stat().st_mtime_ns for p in shards}
   (out / "work" / "train-00001-of-00004.json").unlink()  # As if killed while writing it.
   capsys.readouterr()
-  _run("manifest", root, out, shard_size=2)
+  _run("manifest", root, out, shard_size=2, workers=2)
   assert "5 already done, 1 to write" in capsys.readouterr().out
   changed = [p.name for p in shards if p.stat().st_mtime_ns != mtimes[p.name]]
   assert changed == ["cxr_clip-train.array_record-00001-of-00004"]
+  _run("manifest", root, out, shard_size=2, workers=2)
+  assert "6 already done, 0 to write" in capsys.readouterr().out
   _run("manifest", root, out, shard_size=3)  # A different plan replaces the old shards.
   assert sorted(p.name for p in tfds_dataset.tfds_dir(out).glob("cxr_clip-train*")) == [
       f"cxr_clip-train.array_record-0000{k}-of-00003" for k in range(3)]
@@ -100,7 +102,8 @@ def test_several_machines_then_assemble(tmp_path):
   assembled = _run("manifest", root, tmp_path / "two", shard_size=2)
   assert assembled["records"] == single["records"]
   for split in single["records"]:
-    assert [r["images"] for r in _records(tmp_path / "two", split)] == [r["images"] for r in _records(tmp_path / "one", split)]
+    two, one = _records(tmp_path / "two", split), _records(tmp_path / "one", split)
+    assert [r["images"] for r in two] == [r["images"] for r in one]
 
 
 def test_parallel_workers_match_serial(tmp_path):
@@ -122,3 +125,22 @@ def test_cli_errors_are_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       "error: 1 patients appear in more than one split: alice (train/test); "
       "fix the split column, or leave it empty for a patient-level split"]
+
+
+def test_demo_set_from_a_folder_of_iu_reports(tmp_path):
+  summary = _run("demo", fx.iu_xray(tmp_path / "iu", n=4), tmp_path / "out", image_size=48)
+  assert sum(summary["records"].values()) == 3 and summary["filtered_by_reason"] == {"empty report": 1}
+  sheet = tmp_path / "out" / "demo_contact_sheet.png"
+  assert sheet.is_file() and sheet.stat().st_size > 1000
+  split = next(iter(summary["records"]))
+  assert images.decode_png(_records(tmp_path / "out", split)[0]["images"][0]).shape == (48, 48)
+
+
+def test_monochrome1_dicom_in_a_manifest_is_stored_inverted(tmp_path):
+  raw = fx.radiograph(7, size=(64, 64), bits=16)
+  fx.write_dicom(tmp_path / "src" / "a.dcm", raw, monochrome1=True)
+  fx.manifest(tmp_path / "src", [{"image": "a.dcm", "report": "[IMPRESSION] Clear.", "split": "train"}])
+  _run("manifest", tmp_path / "src", tmp_path / "out", image_size=64)
+  stored = images.decode_png(_records(tmp_path / "out", "train")[0]["images"][0]).astype(float)
+  low = raw < np.median(raw)  # Low raw values are bright in MONOCHROME1.
+  assert stored[low].mean() > stored[~low].mean() + 50

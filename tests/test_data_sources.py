@@ -107,7 +107,8 @@ def test_padchest_layout(tmp_path):
 
 
 def test_manifest_jsonl_and_csv(tmp_path):
-  rows = [{"image": ["a/1.png", "a/2.png"], "view": ["PA", "LATERAL"], "report": "FINDINGS: Clear.\n\nIMPRESSION: Normal.",
+  rows = [{"image": ["a/1.png", "a/2.png"], "view": ["PA", "LATERAL"],
+           "report": "FINDINGS: Clear.\n\nIMPRESSION: Normal.",
            "study_id": "s1", "patient_id": "p1", "split": "val"},
           {"image": "b/1.png", "findings": "Effusion.", "impression": "", "study_id": "s2"},
           {"image": "c/1.png", "report": "Untagged impression text."},
@@ -180,3 +181,21 @@ def test_hash_split_is_stable_and_balanced():
   splits = [schema.hash_split(f"patient{i}") for i in range(2000)]
   assert splits[:5] == [schema.hash_split(f"patient{i}") for i in range(5)]
   assert 0.75 < splits.count("train") / 2000 < 0.85 and splits.count("test") > 150
+
+
+def test_manifest_rows_of_one_study_must_agree(tmp_path):
+  rows = [{"image": "1.png", "report": "[IMPRESSION] a.", "study_id": "s1", "patient_id": "p1", "split": "train"},
+          {"image": "2.png", "report": "", "study_id": "s1", "patient_id": "p1", "split": "train"},
+          {"image": "3.png", "report": "", "study_id": "s1", "patient_id": "p2", "split": "train"}]
+  col = sources.load("manifest", fx.manifest(tmp_path, rows))
+  assert col.records[0].image == ["1.png", "2.png"]
+  assert _reasons(col.skipped) == {
+      "manifest.jsonl line 3": "conflicts with an earlier row of study s1 (patient or split)"}
+
+
+def test_demo_set_reads_iu_reports(tmp_path):
+  col = sources.load("demo", fx.iu_xray(tmp_path))
+  assert [r.study_id for r in col.records] == ["CXR1", "CXR2"]
+  assert col.records[0].source.study_id == "CXR1" and col.records[0].view == ["PA"]
+  assert col.records[0].split == schema.hash_split("CXR1")  # The same rule as the IU adapter's.
+  assert [s.reason for s in col.filtered] == ["empty report: no FINDINGS or IMPRESSION text"]

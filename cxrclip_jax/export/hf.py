@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,8 +72,8 @@ def read_config(model_dir: str | pathlib.Path) -> dict:
     raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def read_weights(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Every tensor of an HF directory (single file or sharded, plus our pooling side file)."""
+def weight_files(model_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """The safetensors files of an HF directory (single or sharded, plus our pooling side file)."""
   model_dir = pathlib.Path(model_dir)
   index = model_dir / "model.safetensors.index.json"
   if index.is_file():
@@ -86,19 +88,25 @@ def read_weights(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{model_dir} has no model.safetensors")
   if (model_dir / POOLING_FILE).is_file():
     files.append(POOLING_FILE)
-  tensors = {}
   for f in files:
     if not (model_dir / f).is_file():
       raise FileNotFoundError(f"{model_dir / f} is listed in the index but missing")
-    tensors.update(safetensors_io.read(model_dir / f))
+  return [model_dir / f for f in files]
+
+
+def read_weights(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """Every tensor of an HF directory, memory-mapped."""
+  tensors = {}
+  for f in weight_files(model_dir):
+    tensors.update(safetensors_io.read(f))
   return tensors
 
 
 def abstract_shapes(module, *init_args) -> dict[str, tuple]:
-  """Flat {path: shape} of a module's params, without allocating them."""
-  from flax import linen as nn
+  """Flat {path: shape} of a module's checkpoint params (LoRA branches excluded: they are not in
+  HF checkpoints and start from their own init), without allocating them."""
   abstract = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), *init_args))["params"])
-  return {k: v.shape for k, v in keymap.flatten(abstract).items()}
+  return {k: v.shape for k, v in keymap.flatten(abstract).items() if not lora_lib.is_lora_path(k)}
 
 
 def _dummy_text_inputs():
@@ -120,15 +128,10 @@ def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = Fal
   module = TextEncoder(config, pooling=pooling, num_latents=num_latents or 512, latent_heads=latent_heads)
   # LlamaForCausalLM checkpoints prefix the base model with "model."; an encoder ignores lm_head.
   prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
-  optional = [r"lm_head\.weight"] + ([] if latent else [_regex_of(r) for r in LATENT_ATTN_KEYS])
+  optional = [r"lm_head\.weight"] + ([] if latent else [re.escape(r[0]) for r in LATENT_ATTN_KEYS])
   params, ignored = keymap.to_flax(tensors, _table(prefix, latent, False), abstract_shapes(module, *_dummy_text_inputs()),
                                    optional=optional)
   return module, params, ignored
-
-
-def _regex_of(row: keymap.Row) -> str:
-  import re
-  return re.escape(row[0])
 
 
 def load_mntp(model_dir, *, dtype: str = "float32", **config_overrides):

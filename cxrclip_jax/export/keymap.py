@@ -21,7 +21,7 @@ class KeyMismatchError(ValueError):
 Row = tuple[str, str, bool]
 
 
-def _regex(pattern: str, sep: str) -> re.Pattern:
+def _regex(pattern: str) -> re.Pattern:
   parts = [re.escape(p) for p in pattern.split("{i}")]
   return re.compile(r"(\d+)".join(parts) + r"\Z")
 
@@ -42,7 +42,7 @@ def _name_list(keys: Iterable[str], limit: int = 5) -> str:
 
 def flax_to_hf_key(flax_path: str, table: Iterable[Row]) -> tuple[str, bool]:
   for hf_pat, flax_pat, transpose in table:
-    m = _regex(flax_pat, "/").match(flax_path)
+    m = _regex(flax_pat).match(flax_path)
     if m:
       return hf_pat.replace("{i}", m.group(1)) if m.groups() else hf_pat, transpose
   raise KeyMismatchError(f"param {flax_path!r} has no row in the HF key table")

@@ -26,12 +26,11 @@ def load(dataset: str, root: str | pathlib.Path | None, *, frontal_only: bool = 
   if dataset not in ADAPTERS:
     raise SourceError(f"unknown dataset {dataset!r}; known: {', '.join(ADAPTERS)}")
   adapter = importlib.import_module(ADAPTERS[dataset])
-  if dataset == "demo":
-    collection = adapter.read()
-  else:
-    if root is None or not pathlib.Path(root).is_dir():
-      raise SourceError(f"--root {root} is not a directory")
-    collection = adapter.read(pathlib.Path(root), **options)
+  if root is not None and not pathlib.Path(root).is_dir():
+    raise SourceError(f"--root {root} is not a directory")
+  if root is None and dataset != "demo":  # The demo reads the asset cache by default.
+    raise SourceError(f"--dataset={dataset} needs --root")
+  collection = adapter.read(pathlib.Path(root) if root is not None else None, **options)
   return schema.finalize(collection, frontal_only=frontal_only)
 
 

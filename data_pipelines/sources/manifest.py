@@ -99,11 +99,15 @@ def read(root: pathlib.Path, manifest: str | None = None) -> schema.Collection:
       col.skip("study", where, f"unknown split {split_text!r}", study)
       continue
     views = [schema.normalize_view(v) for v in views]
-    if study in studies:  # Another view of a study already seen: its report and ids stay.
-      studies[study].image += images
-      studies[study].view += views
-      continue
     patient = str(row.get("patient_id") or "").strip() or study
+    if study in studies:  # Another view of a study already seen: the first row's report stays.
+      first = studies[study]
+      if patient != first.patient_id or (split and split != first.split):
+        col.skip("study", where, f"conflicts with an earlier row of study {study} (patient or split)", study)
+        continue
+      first.image += images
+      first.view += views
+      continue
     studies[study] = schema.Record.from_report(
         _report(row), image=images, study_id=study, patient_id=patient,
         split=split or schema.hash_split(patient), view=views)

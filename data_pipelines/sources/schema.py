@@ -81,12 +81,13 @@ def normalize_split(value: str) -> str | None:
   return _SPLIT_ALIASES.get(value.strip().lower())
 
 
-def hash_split(key: str, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
-  """Deterministic split for datasets without an official one; key it by patient, never by image."""
-  u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
-  if u < fractions[0]:
+def hash_split(key: str, percent: tuple[int, int, int] = (80, 10, 10)) -> str:
+  """Deterministic split for datasets without an official one; key it by patient, never by image.
+  Same rule as `demo.split_of`, so IU X-ray prepared from files and the demo set split alike."""
+  bucket = int.from_bytes(hashlib.sha256(f"split:{key}".encode("utf-8")).digest()[:8], "big") % 100
+  if bucket < percent[0]:
     return "train"
-  return "validation" if u < fractions[0] + fractions[1] else "test"
+  return "validation" if bucket < percent[0] + percent[1] else "test"
 
 
 def normalize_view(view: str) -> str:
@@ -126,7 +127,7 @@ def finalize(col: Collection, *, frontal_only: bool = True) -> Collection:
     if not rec.report.strip():
       col.skip("study", rec.study_id, "empty report", rec.study_id)
       continue
-    # Frontal views first: evaluation and the contact sheet use the first image.
+    # Frontal views first: the first image is the one a reader of the record expects.
     order = sorted(range(len(images)), key=lambda i: not is_frontal(views[i]))
     rec.image, rec.view = [images[i] for i in order], [views[i] for i in order]
     kept.append(rec)

@@ -1,0 +1,52 @@
+"""Entry point: python -m cxrclip_jax.main --config=configs/llm2clip.py[:variant] --workdir=DIR
+
+Config fields can be overridden on the command line (--config.train.epochs=3). On multi-host
+TPU pods and SLURM clusters `jax.distributed` is initialized from the environment (see launch/).
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, caches and metrics go (resumes if present).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
+                                 "Initialize jax.distributed (auto: when a cluster environment is detected).")
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally :variant.", lock_config=True)
+
+
+def _cluster_detected() -> bool:
+  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+              or len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = flags.FLAGS.config
+  if config is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO
+  import jax
+  if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+
+  from cxrclip_jax.checkpoint import CheckpointError
+  from cxrclip_jax.export.keymap import KeyMismatchError
+  from cxrclip_jax.train import clip_trainer
+  from data_pipelines.prepare import PrepareError
+  from data_pipelines.assets import AssetError
+  try:
+    clip_trainer.train_and_evaluate(config, _WORKDIR.value)
+  except (clip_trainer.TrainingError, CheckpointError, KeyMismatchError, PrepareError, AssetError,
+          FileNotFoundError) as e:
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,64 @@
+"""Frozen-LLM text embeddings computed once and stored in the workdir (text_mode="cached").
+
+The file name is a content hash of everything the embeddings depend on: the weights and tokenizer
+files (bytes, not names or dates), pooling, attention direction, instruction, max_length, dtype
+and the texts themselves. Any change gives a new key, so a stale cache is never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from cxrclip_jax.export import hf
+
+_TOKENIZER_FILES = hf.TOKENIZER_FILES[:-1]  # generation_config.json does not affect embeddings
+
+
+def _file_digest(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def cache_key(model_dir, texts: Sequence[str], *, pooling: str, bidirectional: bool, instruction: str,
+              max_length: int, dtype: str) -> str:
+  model_dir = pathlib.Path(model_dir)
+  h = hashlib.sha256()
+  parts = {"pooling": pooling, "bidirectional": bidirectional, "instruction": instruction,
+           "max_length": max_length, "dtype": dtype,
+           "config": json.loads((model_dir / "config.json").read_text()),
+           "weights": [_file_digest(p) for p in hf.weight_files(model_dir)],
+           "tokenizer": {n: _file_digest(model_dir / n) for n in _TOKENIZER_FILES if (model_dir / n).is_file()}}
+  h.update(json.dumps(parts, sort_keys=True).encode())
+  for t in texts:
+    h.update(t.encode("utf-8", "surrogatepass"))
+    h.update(b"\0")
+  return h.hexdigest()[:32]
+
+
+def cached_embeddings(cache_dir, texts: Sequence[str], embed_fn, *, write: bool = True, **key_args) -> np.ndarray:
+  """(len(texts), D) float32 for `texts`, from `cache_dir` when the key matches, else computed by
+  `embed_fn(unique_texts) -> (U, D)` (each distinct text embedded once) and stored (by one
+  process only: `write`)."""
+  cache_dir = pathlib.Path(cache_dir)
+  key = cache_key(texts=texts, **key_args)
+  path = cache_dir / f"{key}.npy"
+  if path.is_file():
+    emb = np.load(path)
+    if emb.shape[0] == len(texts):
+      return emb
+  unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+  emb = np.asarray(embed_fn(list(unique)), np.float32)[inverse]
+  if not write:
+    return emb
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.npy")
+  np.save(tmp, emb)
+  tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
+  return emb

@@ -1,0 +1,76 @@
+"""The `python -m cxrclip_jax.embed` contract: output file, and one-line errors on bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hf_tiny
+
+
+def run_embed(*args):
+  proc = subprocess.run([sys.executable, "-m", "cxrclip_jax.embed", *args], capture_output=True, text=True,
+                        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, asset):
+  return hf_tiny.model_dir_with_tokenizer("mistral", tmp_path_factory.mktemp("cli") / "m", asset)
+
+
+def _jsonl(path, lines):
+  path.write_text("".join(l + "\n" for l in lines))
+  return str(path)
+
+
+def test_writes_float32_embeddings_in_input_order(model_dir, tmp_path):
+  texts = ["Left basilar atelectasis.", "No acute disease.", "Cardiomegaly without edema."]
+  inp = _jsonl(tmp_path / "t.jsonl", [json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)])
+  out = tmp_path / "sub" / "emb.out"
+  code, stdout, stderr = run_embed(f"--model_dir={model_dir}", f"--input={inp}", f"--output={out}",
+                                   "--pooling=weighted_mean", "--bidirectional=false", "--batch_size=2")
+  assert code == 0, stderr
+  emb = np.load(out)
+  assert emb.shape == (3, 64) and emb.dtype == np.float32
+  inp2 = _jsonl(tmp_path / "t2.jsonl", [json.dumps({"text": texts[1]})])
+  code, _, stderr = run_embed(f"--model_dir={model_dir}", f"--input={inp2}", f"--output={tmp_path / 'one.npy'}",
+                              "--pooling=weighted_mean", "--bidirectional=false")
+  assert code == 0, stderr
+  np.testing.assert_allclose(np.load(tmp_path / "one.npy")[0], emb[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("problem,expect", [
+    ("missing_dir", "does not exist"),
+    ("pickle_only", "only pickle weights"),
+    ("bad_json", "line 2: not valid JSON"),
+    ("no_text_field", "line 1: expected a JSON object with a \"text\" field"),
+    ("empty_text", "line 2: empty text"),
+    ("missing_input", "input file"),
+])
+def test_bad_input_gives_one_line_error(problem, expect, model_dir, tmp_path):
+  good = json.dumps({"text": "Normal chest."})
+  inp = _jsonl(tmp_path / "t.jsonl", [good, good])
+  mdir = str(model_dir)
+  if problem == "missing_dir":
+    mdir = str(tmp_path / "nope")
+  elif problem == "pickle_only":
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text((model_dir / "config.json").read_text())
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04 never unpickled")
+    mdir = str(d)
+  elif problem == "bad_json":
+    inp = _jsonl(tmp_path / "t.jsonl", [good, '{"text": "unterminated'])
+  elif problem == "no_text_field":
+    inp = _jsonl(tmp_path / "t.jsonl", [json.dumps({"report": "x"})])
+  elif problem == "empty_text":
+    inp = _jsonl(tmp_path / "t.jsonl", [good, json.dumps({"text": "   "})])
+  elif problem == "missing_input":
+    inp = str(tmp_path / "absent.jsonl")
+  code, stdout, stderr = run_embed(f"--model_dir={mdir}", f"--input={inp}", f"--output={tmp_path / 'e.npy'}")
+  assert code != 0
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], stderr
+  assert not (tmp_path / "e.npy").exists()
