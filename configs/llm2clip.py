@@ -61,6 +61,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.text.instruction = ""
   c.text.max_length = 128
   c.text.dtype = "float32"
+  # > 0: use only the LLM's first N layers (then its final norm). An unadapted LLM embeds better
+  # from mid depth: a ridge probe on SmolLM2's causal mean-pooled report embeddings gives finding
+  # AUROC 0.966 from 10 of its 30 layers, 0.958 from 15, 0.948 from all 30 — and 10 layers embed
+  # the demo's reports 3x faster. 0 (all layers) elsewhere.
+  c.text.num_layers = 10
   c.text.embed_batch_size = 32
   c.text.standardize = True         # cached mode: standardize LLM embeddings with training-set stats
   c.text.remat = False
@@ -124,6 +129,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.workers = 16
     c.text.mode = "lora"
     c.text.bidirectional = True
+    c.text.num_layers = 0
     c.data.augment = True
     c.text.pooling = "latent_attention"
     c.text.max_length = 512
@@ -156,6 +162,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 8
     c.data.workers = 0
     c.text.max_length = 32
+    c.text.num_layers = 0
     c.vision.patch_size = 8
     c.vision.hidden_size = 32
     c.vision.intermediate_size = 64

@@ -15,22 +15,12 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import types
 
 from absl import app, flags
 import numpy as np
 
 from cxrclip_jax.models.pooling import POOLING_MODES
-
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "HF model directory (safetensors).")
-_INPUT = flags.DEFINE_string("input", None, "JSONL file, one {\"text\": ...} object per line.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npy path: float32 (N, hidden).")
-_POOLING = flags.DEFINE_enum("pooling", "mean", list(POOLING_MODES), "Pooling mode.")
-_BIDIRECTIONAL = flags.DEFINE_bool("bidirectional", True, "LLM2Vec bidirectional attention (false: causal).")
-_INSTRUCTION = flags.DEFINE_string("instruction", "", "Instruction prepended to every text (attended, not pooled).")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", 512, "Truncation length in tokens.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-
 
 class InputError(ValueError):
   pass
@@ -99,25 +89,40 @@ def embed_file(model_dir: str, input_path: str, output_path: str, *, pooling: st
   return emb
 
 
-def main(argv):
+def _define_flags():
+  """Defined only when run as a program: tests and other modules import this one too."""
+  return types.SimpleNamespace(
+      model_dir=flags.DEFINE_string("model_dir", None, "HF model directory (safetensors)."),
+      input=flags.DEFINE_string("input", None, "JSONL file, one {\"text\": ...} object per line."),
+      output=flags.DEFINE_string("output", None, "Output .npy path: float32 (N, hidden)."),
+      pooling=flags.DEFINE_enum("pooling", "mean", list(POOLING_MODES), "Pooling mode."),
+      bidirectional=flags.DEFINE_bool("bidirectional", True, "LLM2Vec bidirectional attention (false: causal)."),
+      instruction=flags.DEFINE_string("instruction", "", "Instruction prepended to every text (attended, not pooled)."),
+      max_length=flags.DEFINE_integer("max_length", 512, "Truncation length in tokens."),
+      batch_size=flags.DEFINE_integer("batch_size", 32, "Texts per forward pass."),
+      dtype=flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype."))
+
+
+def main(argv, f):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for flag in (_MODEL_DIR, _INPUT, _OUTPUT):
+  for flag in (f.model_dir, f.input, f.output):
     if not flag.value:
       print(f"error: --{flag.name} is required", file=sys.stderr)
       return 2
   from cxrclip_jax.export.keymap import KeyMismatchError
   from cxrclip_jax.export.safetensors_io import SafetensorsError
   try:
-    emb = embed_file(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, pooling=_POOLING.value,
-                     bidirectional=_BIDIRECTIONAL.value, instruction=_INSTRUCTION.value,
-                     max_length=_MAX_LENGTH.value, batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value)
+    emb = embed_file(f.model_dir.value, f.input.value, f.output.value, pooling=f.pooling.value,
+                     bidirectional=f.bidirectional.value, instruction=f.instruction.value,
+                     max_length=f.max_length.value, batch_size=f.batch_size.value, dtype=f.dtype.value)
   except (InputError, FileNotFoundError, KeyMismatchError, SafetensorsError, ValueError, OSError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
     return 1
-  print(f"wrote {_OUTPUT.value}: {emb.shape[0]} x {emb.shape[1]} float32")
+  print(f"wrote {f.output.value}: {emb.shape[0]} x {emb.shape[1]} float32")
   return 0
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  _FLAGS = _define_flags()
+  app.run(lambda argv: sys.exit(main(argv, _FLAGS)))

@@ -146,3 +146,17 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def on_mesh(tree, mesh: Mesh):
+  """Leaves not yet laid out over the whole mesh (scalars, fresh optimizer counts) -> replicated.
+
+  Anything later restored from a checkpoint keeps these shardings, so it must already be a mesh
+  layout rather than whatever single device created it.
+  """
+  everywhere = set(mesh.devices.flat)
+  def place(x):
+    if isinstance(x, jax.Array) and set(x.sharding.device_set) == everywhere:
+      return x
+    return jax.device_put(x, replicated(mesh))
+  return jax.tree.map(place, tree)

@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+import types
 
 from absl import app, flags
 
@@ -226,28 +227,31 @@ def _finish(opts: Options, col, jobs: list[Job]) -> dict:
   return summary
 
 
-_DATASET = flags.DEFINE_enum("dataset", None, list(sources.ADAPTERS), "Which dataset layout --root holds.")
-_ROOT = flags.DEFINE_string("root", None, "Dataset root (not needed for --dataset=demo).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (created; reruns resume).")
-_MANIFEST = flags.DEFINE_string("manifest", None, "For --dataset=manifest: the CSV/JSONL file.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "Stored image side in pixels.")
-_FIT = flags.DEFINE_enum("fit", "pad", list(images.FITS), "Square by padding or by center-cropping.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.")
-_MAX_SKIP = flags.DEFINE_float("max_skip_fraction", 0.01, "Fail above this fraction of skipped studies or images.")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 512, "Studies per shard (the unit of resumption).")
-_FRONTAL_ONLY = flags.DEFINE_bool("frontal_only", True, "Keep frontal (PA/AP) views only.")
-_TASK_INDEX = flags.DEFINE_integer("task_index", 0, "This machine's index, with --num_tasks.")
-_NUM_TASKS = flags.DEFINE_integer("num_tasks", 1, "Machines sharing the work (shard k -> task k mod N).")
+def _define_flags():
+  """Defined only when run as a program: the trainer and tests import this module too."""
+  return types.SimpleNamespace(
+      dataset=flags.DEFINE_enum("dataset", None, list(sources.ADAPTERS), "Which dataset layout --root holds."),
+      root=flags.DEFINE_string("root", None, "Dataset root (not needed for --dataset=demo)."),
+      output=flags.DEFINE_string("output", None, "Output directory (created; reruns resume)."),
+      manifest=flags.DEFINE_string("manifest", None, "For --dataset=manifest: the CSV/JSONL file."),
+      image_size=flags.DEFINE_integer("image_size", 512, "Stored image side in pixels."),
+      fit=flags.DEFINE_enum("fit", "pad", list(images.FITS), "Square by padding or by center-cropping."),
+      workers=flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes."),
+      max_skip=flags.DEFINE_float("max_skip_fraction", 0.01, "Fail above this fraction of skipped studies or images."),
+      shard_size=flags.DEFINE_integer("shard_size", 512, "Studies per shard (the unit of resumption)."),
+      frontal_only=flags.DEFINE_bool("frontal_only", True, "Keep frontal (PA/AP) views only."),
+      task_index=flags.DEFINE_integer("task_index", 0, "This machine's index, with --num_tasks."),
+      num_tasks=flags.DEFINE_integer("num_tasks", 1, "Machines sharing the work (shard k -> task k mod N)."))
 
 
-def main(argv) -> int:
+def main(argv, f) -> int:
   del argv
-  if _DATASET.value is None or _OUTPUT.value is None:
+  if f.dataset.value is None or f.output.value is None:
     print("error: --dataset and --output are required", file=sys.stderr)
     return 2
-  opts = Options(_DATASET.value, _OUTPUT.value, _ROOT.value, _MANIFEST.value, _IMAGE_SIZE.value,
-                 _FIT.value, _WORKERS.value, _MAX_SKIP.value, _SHARD_SIZE.value, _FRONTAL_ONLY.value,
-                 _TASK_INDEX.value, _NUM_TASKS.value)
+  opts = Options(f.dataset.value, f.output.value, f.root.value, f.manifest.value, f.image_size.value,
+                 f.fit.value, f.workers.value, f.max_skip.value, f.shard_size.value, f.frontal_only.value,
+                 f.task_index.value, f.num_tasks.value)
   try:
     summary = run(opts)
   except (PrepareError, sources.SourceError) as e:
@@ -261,4 +265,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))

@@ -6,6 +6,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Grain worker processes read absl flags; tests run without absl.app, so mark them parsed.
+flags.FLAGS.mark_as_parsed()
 
 
 def pytest_configure(config):

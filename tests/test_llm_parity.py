@@ -26,3 +26,24 @@ def test_hidden_states_match_transformers(tmp_path, case, causal, padding_side):
   real = mask.astype(bool)
   err = np.abs(ours - ref)[real].max()
   assert err < 1e-4, f"{case} max abs diff {err:.2e}"
+
+
+def test_remat_and_bf16_compute(tmp_path):
+  model = hf_tiny.make_model("llama_gqa")
+  model_dir = hf_tiny.save(model, tmp_path / "m")
+  ids, mask = hf_tiny.random_batch(2, 10, seed=2)
+  base = _flax_hidden(model_dir, ids, mask, causal=False)
+  module, params, _ = hf.load_text_encoder(model_dir, remat=True)
+  hidden = lambda m, p: m.apply({"params": p}, jnp.asarray(ids), jnp.asarray(mask),
+                                method=lambda mm, i, a: mm.model(i, a))
+  np.testing.assert_allclose(np.asarray(hidden(module, params)), base, atol=1e-6)
+  # Remat changes what the backward pass recomputes, not the gradient.
+  loss = lambda m: (lambda p: hidden(m, p).astype(jnp.float32).sum())
+  g_remat = jax.grad(loss(module))(params)
+  g_plain = jax.grad(loss(hf.load_text_encoder(model_dir)[0]))(params)
+  for a, b in zip(jax.tree.leaves(g_remat), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  bf16, bf16_params, _ = hf.load_text_encoder(model_dir, dtype="bfloat16")
+  out = np.asarray(hidden(bf16, bf16_params)).astype(np.float32)
+  real = mask.astype(bool)
+  assert np.abs(out - base)[real].max() < 0.1 * np.abs(base)[real].max()

@@ -29,9 +29,8 @@ class ClipEvaluator:
   datasets: split -> zero-arg callable returning a fresh single-pass eval iterator (padded
     batches with a `valid` mask), as `pipelines.clip_dataset(train=False)` gives.
   text_tables: split -> (N, D_text) cached LLM embeddings by record (text_mode="cached"), else None.
-  prompts: {"text_emb": (2F, D_text)} cached prompt embeddings, or tokenized prompts
-    {"input_ids", "attention_mask", "embed_mask"} (2F, L); rows: positives then negatives, in
-    `zeroshot.PROMPTS` order.
+  prompts: the texts of `zeroshot.prompt_texts()` as model text input: {"text_emb": (P, D_text)}
+    cached embeddings, or tokenized {"input_ids", "attention_mask", "embed_mask"} (P, L).
   """
 
   def __init__(self, model, mesh, datasets: Mapping[str, Callable], text_tables: Mapping[str, np.ndarray] | None,
@@ -46,8 +45,9 @@ class ClipEvaluator:
     """Image and text features (N, E), text ids (N,), labels (N, 14), in record order."""
     table = None if self.text_tables is None else self.text_tables[split]
     parts = {k: [] for k in ("img", "txt", "record_index", "text_id", "labels", "valid")}
+    iterator = self.datasets[split]()
     with sharding.activate(self.mesh, self.rules):
-      for batch in tqdm.tqdm(self.datasets[split](), desc=f"eval {split}", disable=not progress, unit="batch"):
+      for batch in tqdm.tqdm(iterator, desc=f"eval {split}", disable=not progress, unit="batch"):
         if table is not None:
           batch = dict(batch, text_emb=table[batch["record_index"]])
         arrays = sharding.global_batch({k: v for k, v in batch.items() if k in (
@@ -57,16 +57,22 @@ class ClipEvaluator:
         parts["txt"].append(sharding.to_host(self._text(params, text_inputs(arrays))))
         for k in ("record_index", "text_id", "labels", "valid"):
           parts[k].append(sharding.to_host(arrays[k]))
+    if hasattr(iterator, "close"):
+      iterator.close()  # stop Grain's workers now, not at garbage collection
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     keep = cat["valid"].astype(bool)
     order = np.argsort(cat["record_index"][keep], kind="stable")
     return {k: cat[k][keep][order] for k in ("img", "txt", "text_id", "labels")}
 
   def prompt_features(self, params) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) class embeddings (F, E): the mean of each ensemble's features
+    (L2-normalized first under the standard similarity, as CLIP's prompt ensembling)."""
     with sharding.activate(self.mesh, self.rules):
       feats = sharding.to_host(self._text(params, {k: jax.numpy.asarray(v) for k, v in self.prompts.items()}))
-    n = len(zeroshot.PROMPTS)
-    return feats[:n], feats[n:]
+    if self.similarity is retrieval.cosine:
+      feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    _, pos, neg = zeroshot.prompt_texts()
+    return (np.stack([feats[i].mean(0) for i in pos]), np.stack([feats[i].mean(0) for i in neg]))
 
   def evaluate(self, params, split: str, progress: bool = False) -> dict:
     f = self.features(params, split, progress)

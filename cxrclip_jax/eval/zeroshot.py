@@ -1,8 +1,8 @@
 """Zero-shot finding classification from prompt pairs, scored by AUROC (pure numpy).
 
-For each finding, an image's score is its similarity to the positive prompt minus that to the
-negative prompt ("{finding}" vs "no {finding}", written as whole reports); AUROC is computed over images whose
-label is positive (1) or negative (0); uncertain (-1) images are left out.
+For each finding, an image's score is its similarity to the positive prompts minus that to the
+negative prompts ("{finding}" vs "no {finding}", written as whole reports); AUROC is computed over
+images whose label is positive (1) or negative (0); uncertain (-1) images are left out.
 """
 from __future__ import annotations
 
@@ -10,51 +10,88 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# Prompt pairs are written as whole reports, in the register and format of the reports the text
-# tower was trained on: a normal report, and the same report with one finding stated. A raw LLM
+# Prompts are written as whole reports, in the register and format of the reports the text tower
+# was trained on: normal reports, and the same reports with one finding stated. A raw LLM
 # embedding of a short sentence like "No cardiomegaly." sits far from every report (and close to
-# "Cardiomegaly."), so report-shaped pairs isolate the finding instead.
-NORMAL = ("The heart size is normal. The mediastinal contours are within normal limits. The lungs are "
-          "clear. There is no pleural effusion or pneumothorax.", "No acute cardiopulmonary abnormality.")
-ABNORMAL = ("The heart is enlarged. There are bilateral airspace opacities and small bilateral pleural "
-            "effusions.", "Cardiomegaly with bilateral effusions and airspace disease.")
-_POSITIVE = {  # finding -> (findings section, impression) stating it; the rest stays normal
-    "Enlarged Cardiomediastinum": ("The cardiomediastinal silhouette is enlarged. The lungs are clear. There is "
-                                   "no pleural effusion or pneumothorax.", "Enlarged cardiomediastinal silhouette."),
-    "Cardiomegaly": ("The heart is enlarged. The lungs are clear. There is no pleural effusion or pneumothorax.",
-                     "Cardiomegaly."),
-    "Lung Opacity": ("The heart size is normal. There is an airspace opacity in the lung. There is no pleural "
-                     "effusion or pneumothorax.", "Airspace opacity."),
-    "Lung Lesion": ("The heart size is normal. There is a pulmonary nodule. There is no pleural effusion or "
-                    "pneumothorax.", "Pulmonary nodule."),
-    "Edema": ("The heart size is normal. There is pulmonary edema. There is no pneumothorax.", "Pulmonary edema."),
-    "Consolidation": ("The heart size is normal. There is focal consolidation. There is no pleural effusion or "
-                      "pneumothorax.", "Consolidation."),
-    "Pneumonia": ("The heart size is normal. There is consolidation consistent with pneumonia. There is no "
-                  "pleural effusion.", "Pneumonia."),
-    "Atelectasis": ("The heart size is normal. There is basilar atelectasis. There is no pleural effusion or "
-                    "pneumothorax.", "Atelectasis."),
-    "Pneumothorax": ("The heart size is normal. The lungs are clear. There is a pneumothorax.", "Pneumothorax."),
-    "Pleural Effusion": ("The heart size is normal. There is a pleural effusion. There is no pneumothorax.",
-                         "Pleural effusion."),
-    "Pleural Other": ("The heart size is normal. The lungs are clear. There is pleural thickening.",
-                      "Pleural thickening."),
-    "Fracture": ("The heart size is normal. The lungs are clear. There is a rib fracture.", "Rib fracture."),
-    "Support Devices": ("A pacemaker and a central venous catheter are in place. The heart size is normal. The "
-                        "lungs are clear.", "Support devices in place."),
+# "Cardiomegaly."), so report-shaped pairs isolate the finding instead. Each side is an ensemble
+# whose text features are averaged (CLIP's prompt ensembling).
+# Two phrasings of a normal report, one sentence per topic.
+_NORMAL = (
+    {"heart": "The heart size is normal.", "mediastinum": "The mediastinal contours are within normal limits.",
+     "lungs": "The lungs are clear.", "pleura": "There is no pleural effusion or pneumothorax.",
+     "bones": "No acute bony abnormality.", "impression": "No acute cardiopulmonary abnormality."},
+    {"heart": "Heart size is normal.", "mediastinum": "Mediastinal silhouette is unremarkable.",
+     "lungs": "Lungs are clear without focal airspace disease.", "pleura": "No pleural effusion or pneumothorax.",
+     "bones": "The osseous structures are intact.", "impression": "No active disease."},
+)
+# finding -> (topic the stated sentence replaces, [(sentence, impression), ...]); topic None: added.
+_STATED = {
+    "Enlarged Cardiomediastinum": ("mediastinum", [("The cardiomediastinal silhouette is enlarged.",
+                                                    "Enlarged cardiomediastinal silhouette.")]),
+    "Cardiomegaly": ("heart", [("The heart is enlarged.", "Cardiomegaly."),
+                               ("There is mild cardiomegaly.", "Mild cardiomegaly.")]),
+    "Lung Opacity": ("lungs", [("There is an airspace opacity in the right lower lobe.", "Right lower lobe opacity."),
+                               ("There are patchy bibasilar opacities.", "Bibasilar airspace disease.")]),
+    "Lung Lesion": ("lungs", [("There is a nodule in the right upper lobe.", "Right upper lobe pulmonary nodule."),
+                              ("There is a left lung mass.", "Left lung mass, suspicious for neoplasm.")]),
+    "Edema": ("lungs", [("There is pulmonary edema with vascular congestion.", "Pulmonary edema.")]),
+    "Consolidation": ("lungs", [("There is focal consolidation in the left lower lobe.",
+                                 "Left lower lobe consolidation.")]),
+    "Pneumonia": ("lungs", [("There is right lower lobe consolidation consistent with pneumonia.",
+                             "Right lower lobe pneumonia.")]),
+    "Atelectasis": ("lungs", [("There is left basilar subsegmental atelectasis.", "Left basilar atelectasis."),
+                              ("There is bibasilar atelectasis.", "Bibasilar atelectasis.")]),
+    "Pneumothorax": ("pleura", [("There is a right pneumothorax. No pleural effusion.", "Right pneumothorax."),
+                                ("There is a small left apical pneumothorax.", "Small left pneumothorax.")]),
+    "Pleural Effusion": ("pleura", [("There is a small left pleural effusion. No pneumothorax.",
+                                     "Small left pleural effusion."),
+                                    ("There are bilateral pleural effusions.", "Bilateral pleural effusions.")]),
+    "Pleural Other": ("pleura", [("There is right pleural thickening. No effusion.", "Pleural thickening.")]),
+    "Fracture": ("bones", [("There is a healed right rib fracture.", "Old right rib fracture.")]),
+    "Support Devices": (None, [("Median sternotomy wires are present.", "Postoperative changes of sternotomy."),
+                               ("A left-sided pacemaker is in place with leads in the heart.", "Pacemaker in place.")]),
 }
+_TOPICS = ("heart", "mediastinum", "lungs", "pleura", "bones")
 
 
-def _report(findings: str, impression: str) -> str:
+def _report(sentences: dict, impression: str, added: str = "") -> str:
   from data_pipelines.reports import Report
+  findings = " ".join([added] * bool(added) + [sentences[t] for t in _TOPICS])
   return Report(findings=findings, impression=impression).tagged()
 
 
-# finding -> (positive prompt, negative prompt), CheXpert observation names.
-PROMPTS: dict[str, tuple[str, str]] = {
-    "No Finding": (_report(*NORMAL), _report(*ABNORMAL)),
-    **{name: (_report(*pos), _report(*NORMAL)) for name, pos in _POSITIVE.items()},
+def _normal_reports() -> tuple[str, ...]:
+  return tuple(_report(n, n["impression"]) for n in _NORMAL)
+
+
+def _stating(name: str) -> tuple[str, ...]:
+  """Each normal report with the finding stated in place of its topic's normal sentence."""
+  topic, stated = _STATED[name]
+  out = []
+  for sentence, impression in stated:
+    for normal in _NORMAL:
+      if topic is None:
+        out.append(_report(normal, impression, added=sentence))
+      else:
+        out.append(_report({**normal, topic: sentence}, impression))
+  return tuple(out)
+
+
+# finding -> (positive prompts, negative prompts), CheXpert observation names.
+PROMPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "No Finding": (_normal_reports(), tuple(p for name in ("Cardiomegaly", "Lung Opacity", "Pleural Effusion",
+                                                          "Atelectasis") for p in _stating(name))),
+    **{name: (_stating(name), _normal_reports()) for name in _STATED},
 }
+
+
+def prompt_texts() -> tuple[list[str], list[list[int]], list[list[int]]]:
+  """Distinct prompt texts, and per finding (PROMPTS order) the indices of its positives/negatives."""
+  texts: list[str] = []
+  index = lambda t: texts.index(t) if t in texts else (texts.append(t) or len(texts) - 1)
+  pos = [[index(t) for t in p] for p, _ in PROMPTS.values()]
+  neg = [[index(t) for t in n] for _, n in PROMPTS.values()]
+  return texts, pos, neg
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -79,7 +116,7 @@ def zeroshot_auroc(image_emb: np.ndarray, positive_emb: np.ndarray, negative_emb
                    min_positives: int = 1) -> dict[str, dict[str, float]]:
   """Per finding: {"auroc", "positives", "negatives"} for findings with enough labelled images.
 
-  image_emb (N, D); positive_emb, negative_emb (F, D) prompt embeddings in `findings` order;
+  image_emb (N, D); positive_emb, negative_emb (F, D) class embeddings in `findings` order;
   labels (N, F) in {1, 0, -1}; similarity: f(a, b) -> (Na, Nb) (default cosine).
   """
   from cxrclip_jax.eval.retrieval import cosine

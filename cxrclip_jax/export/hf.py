@@ -115,9 +115,18 @@ def _dummy_text_inputs():
 
 
 def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = False, dtype: str = "float32",
-                      num_latents: int | None = None, latent_heads: int = 8, **config_overrides):
-  """(TextEncoder module, numpy params) from an HF directory. Raises naming any bad key."""
+                      num_latents: int | None = None, latent_heads: int = 8, num_layers: int | None = None,
+                      **config_overrides):
+  """(TextEncoder module, numpy params, ignored keys) from an HF directory. Raises naming any bad key.
+
+  num_layers: keep only the first N decoder layers (then the final norm); the checkpoint's deeper
+    layers are reported as ignored. Unadapted LLMs often embed as well from mid depth, for less.
+  """
   hf_config = read_config(model_dir)
+  if num_layers is not None:
+    if not 0 < num_layers <= hf_config["num_hidden_layers"]:
+      raise ValueError(f"num_layers={num_layers} is not in [1, {hf_config['num_hidden_layers']}]")
+    config_overrides["num_hidden_layers"] = num_layers
   config = LlmConfig.from_hf(hf_config, is_causal=is_causal, dtype=dtype, **config_overrides)
   tensors = read_weights(model_dir)
   latent = pooling == "latent_attention"
@@ -129,6 +138,8 @@ def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = Fal
   # LlamaForCausalLM checkpoints prefix the base model with "model."; an encoder ignores lm_head.
   prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
   optional = [r"lm_head\.weight"] + ([] if latent else [re.escape(r[0]) for r in LATENT_ATTN_KEYS])
+  optional += [re.escape(prefix) + rf"layers\.{i}\..*" for i in range(config.num_hidden_layers,
+                                                                    hf_config["num_hidden_layers"])]
   params, ignored = keymap.to_flax(tensors, _table(prefix, latent, False), abstract_shapes(module, *_dummy_text_inputs()),
                                    optional=optional)
   return module, params, ignored

@@ -103,8 +103,10 @@ class TextSide:
     self.mode = config.text.mode
     self.model_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
     lora = lora_lib.LoraConfig(**config.text.lora.to_dict()) if self.mode == "lora" else None
+    self.num_layers = config.text.num_layers or None
+    overrides = {"num_hidden_layers": self.num_layers} if self.num_layers else {}
     self.llm_config = LlmConfig.from_hf(hf.read_config(self.model_dir), is_causal=not config.text.bidirectional,
-                                        dtype=config.text.dtype, remat=config.text.remat, lora=lora)
+                                        dtype=config.text.dtype, remat=config.text.remat, lora=lora, **overrides)
     self.tokenizer = Llm2VecTokenizer.from_model_dir(self.model_dir, max_length=config.text.max_length,
                                                      pooling=config.text.pooling)
     self.pipeline_tokenizer = None if self.mode == "cached" else self.tokenizer
@@ -113,20 +115,22 @@ class TextSide:
     self._embedder = None
     self._prompt_emb = None
 
-  def _embed(self, texts):
+  def _embed(self, texts, what: str):
     if self._embedder is None:
       module, params, _ = hf.load_text_encoder(self.model_dir, pooling=self.config.text.pooling,
-                                               is_causal=not self.config.text.bidirectional, dtype=self.config.text.dtype)
+                                               is_causal=not self.config.text.bidirectional, dtype=self.config.text.dtype,
+                                               num_layers=self.num_layers)
       self._embedder = TextEmbedder(module, params, self.tokenizer, self.mesh,
                                     batch_size=self.config.text.embed_batch_size)
     return self._embedder.embed(texts, self.config.text.instruction, progress=self.write_cache,
-                                desc=f"caching {len(texts)} report embeddings")
+                                desc=f"caching {len(texts)} {what} embeddings")
 
-  def _cached(self, texts):
+  def _cached(self, texts, what: str):
     t = self.config.text
-    return text_cache.cached_embeddings(self.cache_dir, texts, self._embed, write=self.write_cache,
+    return text_cache.cached_embeddings(self.cache_dir, texts, lambda u: self._embed(u, what), write=self.write_cache,
                                         model_dir=self.model_dir, pooling=t.pooling, bidirectional=t.bidirectional,
-                                        instruction=t.instruction, max_length=t.max_length, dtype=t.dtype)
+                                        instruction=t.instruction, max_length=t.max_length, dtype=t.dtype,
+                                        num_layers=self.num_layers)
 
   def tables(self, dirs, splits) -> tuple[TrainTable | None, dict[str, np.ndarray] | None]:
     """(training table, {eval name: table}) in cached mode; (None, None) otherwise."""
@@ -135,13 +139,12 @@ class TextSide:
     rows = {(d, s): pipelines.read_split(d, s) for d in dirs for s in dict.fromkeys(splits)
             if pipelines.split_sizes(d).get(s)}
     texts = [report_text(r) for key in rows for r in rows[key]]
-    pos, neg = zip(*zeroshot.PROMPTS.values())
-    emb = self._cached(texts + list(pos) + list(neg))  # one pass: one progress bar, one compile per shape
+    emb = self._cached(texts, "report")
     out, start = {}, 0
     for key, rs in rows.items():
       out[key] = emb[start:start + len(rs)]
       start += len(rs)
-    self._prompt_emb = emb[start:]
+    self._prompt_emb = self._cached(zeroshot.prompt_texts()[0], "prompt")  # apart: prompts change more often
     train_split = splits[0]
     parts = [out.get((d, train_split), np.zeros((0, emb.shape[1]), np.float32)) for d in dirs]
     train = TrainTable(np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts[:-1]]))
@@ -150,11 +153,11 @@ class TextSide:
     return train, evals
 
   def prompt_inputs(self) -> dict[str, np.ndarray]:
-    """Zero-shot prompts, positives then negatives (zeroshot.PROMPTS order), as model text input."""
+    """The zero-shot prompts (`zeroshot.prompt_texts()`) as model text input."""
     if self.mode == "cached":
-      return {"text_emb": self._prompt_emb}  # set by `tables`, which embeds the prompts with the reports
-    pos, neg = zip(*zeroshot.PROMPTS.values())
-    return self.tokenizer(list(pos) + list(neg), self.config.text.instruction, pad_to=self.config.text.max_length)
+      return {"text_emb": self._prompt_emb}  # set by `tables`
+    return self.tokenizer(zeroshot.prompt_texts()[0], self.config.text.instruction,
+                          pad_to=self.config.text.max_length)
 
 
 def device_batch(batch: dict, train_table: TrainTable | None, mesh) -> dict:
@@ -204,7 +207,8 @@ def load_pretrained(config, params, shardings, text: TextSide):
   loaded = {}
   if text.mode in ("lora", "full"):
     loaded["text_encoder"] = hf.load_text_encoder(text.model_dir, pooling=config.text.pooling,
-                                                  is_causal=not config.text.bidirectional)[1]
+                                                  is_causal=not config.text.bidirectional,
+                                                  num_layers=text.num_layers)[1]
   if config.vision.model_dir:
     loaded["vision_model"] = vision_hf.load_vision_tower(config.vision.model_dir, image_size=config.data.image_size,
                                                          dtype=config.train.dtype, remat=config.vision.remat)[1]

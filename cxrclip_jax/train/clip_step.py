@@ -39,7 +39,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, loss: str = "inf
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     log_scale = params["logit_scale"] if "logit_scale" in params else frozen["logit_scale"]
-    metrics = {"loss": value, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
                "temperature": 1.0 / logit_scale(log_scale, similarity_mode), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -108,8 +108,9 @@ def setup(config, workdir, devices=None) -> Run:
   tx = optim.build(trainable, lr=config.optim.lr, total_steps=total_steps, warmup_steps=config.optim.warmup_steps,
                    weight_decay=config.optim.weight_decay, b2=config.optim.b2, grad_clip=config.optim.grad_clip,
                    groups=groups, layer_decay=clip_setup.layer_decay(config), accum_steps=config.optim.accum_steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=jax.jit(tx.init)(trainable),
-                     rng=jax.random.key_data(jax.random.key(config.seed + 1)))
+  state = sharding.on_mesh(TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                                      opt_state=jax.jit(tx.init)(trainable),
+                                      rng=jax.random.key_data(jax.random.key(config.seed + 1))), mesh)
   if is_main:
     count = lambda t: sum(x.size for x in jax.tree.leaves(t)) / 1e6
     print(f"text side: {config.text.mode} ({text.model_dir}); params: {count(trainable):.2f}M trainable, "
@@ -132,6 +133,13 @@ def restore(run: Run, step: int, data_iterator=None) -> None:
   restored = run.checkpointer.restore(step, checkpoint.abstract_like(run.state.checkpointed(), shardings),
                                       data_iterator)
   run.state = TrainState(**restored)
+
+
+def _close(iterator) -> None:
+  """Stops Grain's worker processes now rather than at garbage collection."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -174,6 +182,7 @@ def train_and_evaluate(config, workdir) -> dict:
       if c.eval_every and step % c.eval_every == 0 and step != run.total_steps:
         run.evaluate(step, progress=is_main)
   bar.close()
+  _close(train_iter)
   run.checkpointer.wait()
 
   # 10. Final evaluation, written to metrics.json.

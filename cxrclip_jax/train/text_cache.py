@@ -2,7 +2,7 @@
 
 The file name is a content hash of everything the embeddings depend on: the weights and tokenizer
 files (bytes, not names or dates), pooling, attention direction, instruction, max_length, dtype
-and the texts themselves. Any change gives a new key, so a stale cache is never reused.
+the number of layers used, and the texts themselves. Any change gives a new key, so a stale cache is never reused.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def _file_digest(path: pathlib.Path) -> str:
 
 
 def cache_key(model_dir, texts: Sequence[str], *, pooling: str, bidirectional: bool, instruction: str,
-              max_length: int, dtype: str) -> str:
+              max_length: int, dtype: str, num_layers: int | None = None) -> str:
   model_dir = pathlib.Path(model_dir)
   h = hashlib.sha256()
   parts = {"pooling": pooling, "bidirectional": bidirectional, "instruction": instruction,
-           "max_length": max_length, "dtype": dtype,
+           "max_length": max_length, "dtype": dtype, "num_layers": num_layers,
            "config": json.loads((model_dir / "config.json").read_text()),
            "weights": [_file_digest(p) for p in hf.weight_files(model_dir)],
            "tokenizer": {n: _file_digest(model_dir / n) for n in _TOKENIZER_FILES if (model_dir / n).is_file()}}

@@ -1,0 +1,79 @@
+"""Export a trained dual tower as Hugging Face directories:
+
+  python -m cxrclip_jax.export --workdir=DIR --output=OUT [--step=N]
+
+OUT/vision/   the vision tower (HF CLIP/SigLIP/DINOv2 layout; transformers loads it)
+OUT/text/     the text encoder with LoRA merged (HF Llama/Qwen2/Mistral layout) — lora/full modes;
+              in cached mode the LLM was frozen, so its source directory is the text encoder
+OUT/clip_head.safetensors + clip_head.json   projection, adapter (incl. text statistics) and scale
+"""
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (has config.json and checkpoints/).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+
+
+def export(run, output: pathlib.Path) -> None:
+  import jax
+  import numpy as np
+  from cxrclip_jax.export import hf, keymap, safetensors_io, vision_hf
+  from cxrclip_jax.train.state import merge
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), merge(run.state.params, run.frozen))
+  config, model = run.config, run.model
+  vision_hf.save_vision_tower(output / "vision", model.vision, params["vision_model"])
+  if "text_encoder" in params:
+    from data_pipelines import assets
+    text_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
+    hf.save_text_encoder(output / "text", model.text, params["text_encoder"], tokenizer_dir=text_dir,
+                         pooling=config.text.pooling, lora=model.text.lora, max_length=config.text.max_length)
+    source = str(output / "text")
+  else:
+    source = config.text.model_dir or "(SmolLM2-135M-Instruct from the asset cache)"
+  head = {k: params[k] for k in ("visual_projection", "text_adapter", "logit_scale", "logit_bias") if k in params}
+  safetensors_io.write(output / "clip_head.safetensors",
+                       {k: np.asarray(v) for k, v in keymap.flatten(head).items()})
+  (output / "clip_head.json").write_text(json.dumps({
+      "text_encoder": source, "text_mode": config.text.mode, "text_pooling": config.text.pooling,
+      "text_bidirectional": config.text.bidirectional, "text_num_layers": config.text.num_layers,
+      "instruction": config.text.instruction, "max_length": config.text.max_length,
+      "clip": model.clip.__dict__, "image_size": config.data.image_size,
+      "image_mean": config.data.mean, "image_std": config.data.std}, indent=2, default=str) + "\n")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _WORKDIR.value or not _OUTPUT.value:
+    raise app.UsageError("--workdir and --output are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  workdir = pathlib.Path(_WORKDIR.value)
+  try:
+    config_json = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError) as e:
+    print(f"error: {workdir} is not a training workdir ({e})", file=sys.stderr)
+    return 1
+  import ml_collections
+  from cxrclip_jax.checkpoint import CheckpointError
+  from cxrclip_jax.train import clip_trainer
+  try:
+    run = clip_trainer.setup(ml_collections.ConfigDict(config_json), workdir)
+    steps = run.checkpointer.all_steps()
+    if not steps:
+      raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}")
+    clip_trainer.restore(run, steps[-1] if _STEP.value is None else _STEP.value)
+    export(run, pathlib.Path(_OUTPUT.value))
+  except (clip_trainer.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 1
+  print(f"exported to {_OUTPUT.value}")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
