@@ -34,6 +34,7 @@ from cxrclip_jax.train.clip_step import make_train_step
 from cxrclip_jax.train.state import TrainState, split
 from cxrclip_jax import optim
 from data_pipelines import assets
+from side_by_side import alternate, median_ratio, timed
 
 VIT = VitConfig()  # the demo tower: SigLIP-style ViT-Ti/16 at 128 px, mean pooling
 EMBED_DIM, TEXT_LEN = 256, 128
@@ -106,13 +107,6 @@ def torch_step(batch_size, model, params, compiled=False):
   return run
 
 
-def timed(fn, n):
-  t = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - t) / n
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=64)
@@ -130,14 +124,11 @@ def main():
     t = time.perf_counter()
     fn(); fn()
     print(f"warm-up {name}: {time.perf_counter() - t:.1f}s")
-  times = {k: [] for k in sides}
-  for r in range(args.rounds):
-    for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-      times[name].append(timed(sides[name], args.steps))
+  times = alternate(sides, args.rounds, args.steps)
   for name in sides:
     print(f"cached step, {name:12s}: {statistics.median(times[name]) * 1000:8.0f} ms (median)")
-  ratios = [a / b for a, b in zip(times["jax"], times["torch_eager"])]
-  print(f"jax/torch_eager cached step: median paired ratio {statistics.median(ratios):.2f} (goal <= 0.8)")
+  print(f"jax/torch_eager cached step: median paired ratio {median_ratio(times['jax'], times['torch_eager']):.2f} "
+        "(goal <= 0.8)")
 
   mode_times = {"cached": times["jax"]}
   for mode in ("lora", "full"):

@@ -27,6 +27,7 @@ import transformers
 from cxrclip_jax import losses
 from cxrclip_jax.export import hf
 from data_pipelines import assets
+from side_by_side import alternate, median_ratio
 
 
 def make_batch(batch, length, vocab, seed=0):
@@ -98,13 +99,6 @@ def torch_sides(model_dir, ids, mask, labels, compiled):
   return run_step, run_forward
 
 
-def timed(fn, n):
-  t = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - t) / n
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=8)
@@ -125,13 +119,10 @@ def main():
     t = time.perf_counter()
     step(); step(); fwd(); fwd()
     print(f"warm-up {name}: {time.perf_counter() - t:.1f}s")
-  times = {(n, k): [] for n in sides for k in ("step", "forward")}
-  for r in range(args.rounds):
-    order = list(sides) if r % 2 == 0 else list(sides)[::-1]  # alternate which side goes first
-    for name in order:
-      step, fwd = sides[name]
-      times[(name, "step")].append(timed(step, args.steps))
-      times[(name, "forward")].append(timed(fwd, args.steps))
+  times = {}
+  for kind, k in (("step", 0), ("forward", 1)):
+    per_side = alternate({name: fns[k] for name, fns in sides.items()}, args.rounds, args.steps)
+    times.update({(name, kind): t for name, t in per_side.items()})
   print(f"{'':14s}{'step s (median)':>18s}{'forward s (median)':>20s}")
   for name in sides:
     print(f"{name:14s}{statistics.median(times[(name, 'step')]):18.3f}{statistics.median(times[(name, 'forward')]):20.3f}")
@@ -139,8 +130,8 @@ def main():
     if other not in sides:
       continue
     for kind in ("step", "forward"):
-      ratios = [a / b for a, b in zip(times[("jax", kind)], times[(other, kind)])]
-      print(f"jax/{other} {kind}: median paired ratio {statistics.median(ratios):.2f}"
+      ratio = median_ratio(times[("jax", kind)], times[(other, kind)])
+      print(f"jax/{other} {kind}: median paired ratio {ratio:.2f}"
             + (f" (goal <= {goal})" if kind == "step" else ""))
 
 

@@ -22,27 +22,16 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   workdir = pathlib.Path(_WORKDIR.value)
-  try:
-    config_json = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError) as e:
-    print(f"error: {workdir} is not a training workdir ({workdir / 'config.json'}: {e})", file=sys.stderr)
-    return 1
-  import ml_collections
   from cxrclip_jax.checkpoint import CheckpointError
   from cxrclip_jax.train import clip_trainer
-  config = ml_collections.ConfigDict(config_json)
   try:
-    run = clip_trainer.setup(config, workdir)
-    steps = run.checkpointer.all_steps()
-    if not steps:
-      raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}")
-    step = steps[-1] if _STEP.value is None else _STEP.value
-    clip_trainer.restore(run, step)
+    run, step = clip_trainer.load_run(workdir, _STEP.value)
     results = run.evaluate(step)
   except (clip_trainer.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 1
-  name = "metrics.json" if step == steps[-1] else f"metrics_step_{step}.json"
+  latest = step == run.checkpointer.all_steps()[-1]
+  name = "metrics.json" if latest else f"metrics_step_{step}.json"
   (workdir / name).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
   print(f"metrics written to {workdir / name}")
   return 0

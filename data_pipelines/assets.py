@@ -92,7 +92,7 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("CXRCLIP_CACHE", "~/.cache/cxrclip_jax")).expanduser()
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -101,7 +101,7 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def _verified(path: pathlib.Path, pkg: Package) -> bool:
-  return path.is_file() and path.stat().st_size == pkg.size and _sha256(path) == pkg.sha256
+  return path.is_file() and path.stat().st_size == pkg.size and sha256_file(path) == pkg.sha256
 
 
 def download(name: str) -> pathlib.Path:

@@ -52,21 +52,10 @@ def main(argv):
     raise app.UsageError("--workdir and --output are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  workdir = pathlib.Path(_WORKDIR.value)
-  try:
-    config_json = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError) as e:
-    print(f"error: {workdir} is not a training workdir ({e})", file=sys.stderr)
-    return 1
-  import ml_collections
   from cxrclip_jax.checkpoint import CheckpointError
   from cxrclip_jax.train import clip_trainer
   try:
-    run = clip_trainer.setup(ml_collections.ConfigDict(config_json), workdir)
-    steps = run.checkpointer.all_steps()
-    if not steps:
-      raise CheckpointError(f"no checkpoints in {run.checkpointer.directory}")
-    clip_trainer.restore(run, steps[-1] if _STEP.value is None else _STEP.value)
+    run, _ = clip_trainer.load_run(_WORKDIR.value, _STEP.value)
     export(run, pathlib.Path(_OUTPUT.value))
   except (clip_trainer.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)

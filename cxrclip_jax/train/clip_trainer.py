@@ -135,6 +135,23 @@ def restore(run: Run, step: int, data_iterator=None) -> None:
   run.state = TrainState(**restored)
 
 
+def load_run(workdir, step: int | None = None) -> tuple[Run, int]:
+  """Rebuilds a run from its workdir's config.json and restores a checkpoint (default: the latest)."""
+  import ml_collections
+  workdir = pathlib.Path(workdir)
+  try:
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  except (OSError, ValueError) as e:
+    raise TrainingError(f"{workdir} is not a training workdir ({workdir / 'config.json'}: {e})") from None
+  run = setup(config, workdir)
+  steps = run.checkpointer.all_steps()
+  if not steps:
+    raise checkpoint.CheckpointError(f"no checkpoints in {run.checkpointer.directory}")
+  step = steps[-1] if step is None else step
+  restore(run, step)
+  return run, step
+
+
 def _close(iterator) -> None:
   """Stops Grain's worker processes now rather than at garbage collection."""
   close = getattr(iterator, "close", None)

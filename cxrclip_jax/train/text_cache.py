@@ -14,16 +14,9 @@ from typing import Sequence
 import numpy as np
 
 from cxrclip_jax.export import hf
+from data_pipelines.assets import sha256_file
 
 _TOKENIZER_FILES = hf.TOKENIZER_FILES[:-1]  # generation_config.json does not affect embeddings
-
-
-def _file_digest(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def cache_key(model_dir, texts: Sequence[str], *, pooling: str, bidirectional: bool, instruction: str,
@@ -33,8 +26,8 @@ def cache_key(model_dir, texts: Sequence[str], *, pooling: str, bidirectional: b
   parts = {"pooling": pooling, "bidirectional": bidirectional, "instruction": instruction,
            "max_length": max_length, "dtype": dtype, "num_layers": num_layers,
            "config": json.loads((model_dir / "config.json").read_text()),
-           "weights": [_file_digest(p) for p in hf.weight_files(model_dir)],
-           "tokenizer": {n: _file_digest(model_dir / n) for n in _TOKENIZER_FILES if (model_dir / n).is_file()}}
+           "weights": [sha256_file(p) for p in hf.weight_files(model_dir)],
+           "tokenizer": {n: sha256_file(model_dir / n) for n in _TOKENIZER_FILES if (model_dir / n).is_file()}}
   h.update(json.dumps(parts, sort_keys=True).encode())
   for t in texts:
     h.update(t.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,28 @@
+"""Timing helpers shared by the benchmarks: alternate the sides in blocks, report median ratios.
+
+This machine is noisy; running the sides in alternating blocks (and reversing the order every
+round) and taking the median of per-round ratios cancels slow drift and bursts of other load.
+"""
+import statistics
+import time
+
+
+def timed(fn, n: int) -> float:
+  """Mean seconds per call over n calls (fn must block until its result is ready)."""
+  t = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - t) / n
+
+
+def alternate(sides: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+  """{name: [seconds per call, one per round]} with the sides run in alternating order."""
+  times = {name: [] for name in sides}
+  for r in range(rounds):
+    for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+      times[name].append(timed(sides[name], steps))
+  return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+  return statistics.median(x / y for x, y in zip(a, b))
