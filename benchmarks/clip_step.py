@@ -2,7 +2,8 @@
 
   python benchmarks/clip_step.py [--batch 64] [--rounds 5] [--text_rounds 2]
 
-1. JAX, the three text modes (SmolLM2-135M text side, max_length 128; demo ViT at 128 px).
+1. JAX, the three text modes at the demo config's shapes (configs/llm2clip.py:demo: its ViT at
+   128 px; text side SmolLM2-135M cut to the config's `text.num_layers`, 128 tokens).
 2. JAX vs an equivalent PyTorch step in cached mode: transformers' SiglipVisionModel with the same
    architecture and the same weights (exported by our HF exporter), the same projection, adapter
    and symmetric InfoNCE, AdamW, fp32, alternated in one process; medians of per-round ratios.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
@@ -26,25 +29,30 @@ import optax
 import torch
 import transformers
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for `configs`
+from configs import llm2clip
 from cxrclip_jax.export import hf, vision_hf
 from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.clip import ClipConfig, DualTower
-from cxrclip_jax.models.vision import VitConfig
+from cxrclip_jax.train.clip_setup import vision_config
 from cxrclip_jax.train.clip_step import make_train_step
 from cxrclip_jax.train.state import TrainState, split
 from cxrclip_jax import optim
 from data_pipelines import assets
 from side_by_side import alternate, median_ratio, timed
 
-VIT = VitConfig()  # the demo tower: SigLIP-style ViT-Ti/16 at 128 px, mean pooling
-EMBED_DIM, TEXT_LEN = 256, 128
+CONFIG = llm2clip.get_config("demo")
+VIT = vision_config(CONFIG)
+EMBED_DIM, TEXT_LEN, TEXT_LAYERS = CONFIG.clip.embed_dim, CONFIG.text.max_length, CONFIG.text.num_layers
 
 
 def jax_step(mode, batch_size, llm_dir):
-  llm_config = hf.LlmConfig.from_hf(hf.read_config(llm_dir), lora=lora_lib.LoraConfig() if mode == "lora" else None)
+  lora = lora_lib.LoraConfig(**CONFIG.text.lora.to_dict()) if mode == "lora" else None
+  layers = {"num_hidden_layers": TEXT_LAYERS} if TEXT_LAYERS else {}
+  llm_config = hf.LlmConfig.from_hf(hf.read_config(llm_dir), lora=lora, **layers)
   model = DualTower(VIT, ClipConfig(embed_dim=EMBED_DIM, text_mode=mode), None if mode == "cached" else llm_config)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(batch_size, 128, 128, 3)).astype(np.float32),
+  batch = {"image": rng.normal(size=(batch_size, VIT.image_size, VIT.image_size, 3)).astype(np.float32),
            "text_id": np.arange(batch_size, dtype=np.int32), "study_id": np.arange(batch_size, dtype=np.int32)}
   if mode == "cached":
     batch["text_emb"] = rng.normal(size=(batch_size, llm_config.hidden_size)).astype(np.float32)
@@ -63,18 +71,19 @@ def jax_step(mode, batch_size, llm_dir):
   def run():
     state[0], m = step(state[0], frozen, device_batch)
     return float(m["loss"])
-  return run, model, params
+  return run, params
 
 
-def torch_step(batch_size, model, params, compiled=False):
+def torch_step(batch_size, params):
   """The cached-mode step in PyTorch, with the JAX model's initial weights."""
   with tempfile.TemporaryDirectory() as d:
     vision_hf.save_vision_tower(d, VIT, jax.device_get(params["vision_model"]))
     vision = transformers.SiglipVisionModel.from_pretrained(d, dtype=torch.float32, attn_implementation="sdpa")
   to_t = lambda x: torch.from_numpy(np.array(x, np.float32))
+  text_dim = params["text_adapter"]["layer_norm"]["weight"].shape[0]
   proj = torch.nn.Linear(VIT.hidden_size, EMBED_DIM, bias=False)
   proj.weight.data = to_t(params["visual_projection"]["kernel"]).T.contiguous()
-  adapter = torch.nn.Sequential(torch.nn.LayerNorm(576, eps=1e-5), torch.nn.Linear(576, EMBED_DIM))
+  adapter = torch.nn.Sequential(torch.nn.LayerNorm(text_dim, eps=1e-5), torch.nn.Linear(text_dim, EMBED_DIM))
   adapter[0].weight.data, adapter[0].bias.data = (to_t(params["text_adapter"]["layer_norm"][k]) for k in ("weight", "bias"))
   adapter[1].weight.data = to_t(params["text_adapter"]["linear"]["kernel"]).T.contiguous()
   adapter[1].bias.data = to_t(params["text_adapter"]["linear"]["bias"])
@@ -84,8 +93,8 @@ def torch_step(batch_size, model, params, compiled=False):
                           weight_decay=0.05)
   rng = np.random.default_rng(0)
   # NCHW for torch's conv; the JAX side takes NHWC.
-  images = torch.from_numpy(rng.normal(size=(batch_size, 3, 128, 128)).astype(np.float32))
-  text = torch.from_numpy(rng.normal(size=(batch_size, 576)).astype(np.float32))
+  images = torch.from_numpy(rng.normal(size=(batch_size, 3, VIT.image_size, VIT.image_size)).astype(np.float32))
+  text = torch.from_numpy(rng.normal(size=(batch_size, text_dim)).astype(np.float32))
   labels = torch.arange(batch_size)
 
   def loss_fn():
@@ -95,15 +104,13 @@ def torch_step(batch_size, model, params, compiled=False):
     txt = txt / txt.norm(dim=-1, keepdim=True)
     logits = img @ txt.T * log_scale.clamp(max=float(np.log(100))).exp()
     return 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
-  fn = torch.compile(loss_fn) if compiled else loss_fn
-
   def run():
     opt.zero_grad(set_to_none=True)
-    loss = fn()
+    loss = loss_fn()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(modules.parameters()) + [log_scale], 1.0)
     opt.step()
-    return float(loss)
+    return loss.item()
   return run
 
 
@@ -116,10 +123,11 @@ def main():
   args = ap.parse_args()
   llm_dir = assets.path("smollm2")
   print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
-        f"batch {args.batch}, images 128 px, text {TEXT_LEN} tokens, fp32")
+        f"batch {args.batch}; ViT {VIT.num_hidden_layers}x{VIT.hidden_size} at {VIT.image_size} px; "
+        f"text {TEXT_LAYERS or 'all'} SmolLM2 layers x {TEXT_LEN} tokens; fp32")
 
-  cached, model, params = jax_step("cached", args.batch, llm_dir)
-  sides = {"jax": cached, "torch_eager": torch_step(args.batch, model, params)}
+  cached, params = jax_step("cached", args.batch, llm_dir)
+  sides = {"jax": cached, "torch_eager": torch_step(args.batch, params)}
   for name, fn in sides.items():
     t = time.perf_counter()
     fn(); fn()

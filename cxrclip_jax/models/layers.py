@@ -22,6 +22,16 @@ def param_with_axes(module: nn.Module, name: str, init, shape, axes: Sequence[st
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, dtype)
 
 
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x (..., i) @ w (i, o) as one 2D matmul.
+
+  Flattening the leading dims first matters for the backward pass: XLA:CPU runs the weight
+  gradient of a batched einsum (contracting over batch and length at once) through a transpose
+  copy, ~1.7x slower than the 2D matmul's; other backends are indifferent.
+  """
+  return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Activation sharding constraint by logical names; a no-op outside a mesh with rules."""
   return nn.with_logical_constraint(x, tuple(axes))
@@ -43,7 +53,7 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     kernel = param_with_axes(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:])
       y = y + bias.astype(self.dtype)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrclip_jax.models import lora as lora_lib
-from cxrclip_jax.models.layers import Dense, RMSNorm, apply_rope, constrain, param_with_axes, rope_inv_freq
+from cxrclip_jax.models.layers import Dense, RMSNorm, apply_rope, constrain, matmul, param_with_axes, rope_inv_freq
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -120,7 +120,7 @@ class Embed(nn.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Tied LM head: logits = x @ weight.T."""
-    return jnp.einsum("...d,vd->...v", x, self.weight.astype(self.dtype))
+    return matmul(x, self.weight.astype(self.dtype).T)
 
 
 class Attention(nn.Module):

@@ -53,8 +53,10 @@ class LoraBranch(nn.Module):
                    (r, self.features), jnp.float32)
     if self.config.dropout > 0:
       x = nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
-    h = jnp.einsum("...i,ir->...r", x.astype(self.dtype), a.astype(self.dtype))
-    return jnp.einsum("...r,ro->...o", h, b.astype(self.dtype)) * self.config.scale
+    # 2D matmuls over flattened tokens, as layers.matmul (which imports this module).
+    h = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ a.astype(self.dtype)
+    y = (h @ b.astype(self.dtype)) * self.config.scale
+    return y.reshape(*x.shape[:-1], self.features)
 
 
 def merge(params, config: LoraConfig):

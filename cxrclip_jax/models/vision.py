@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrclip_jax.models.layers import Dense, LayerNorm, constrain, param_with_axes
+from cxrclip_jax.models.layers import Dense, LayerNorm, constrain, matmul, param_with_axes
 
 FAMILIES = ("clip", "siglip", "dinov2")
 POOLINGS = ("cls", "map", "mean")
@@ -55,10 +55,9 @@ _ACT = ("act_batch", "act_len", "act_embed")
 class VitConfig:
   """Architecture (HF fields) plus run-time switches.
 
-  The defaults are the from-scratch demo tower (no HF weights): a SigLIP-style ViT-Ti/16 at 128 px
-  (8x8 = 64 tokens, 6 layers of width 192, 3 heads, MLP 768; ~2.8M params, ~0.4 GFLOP per image
-  forward) with mean pooling, which trains better than a CLS token on small data; sized for a
-  2-core CPU.
+  The defaults describe a small from-scratch SigLIP-style ViT/16 at 128 px with mean pooling
+  (which trains better than a CLS token on small data); the demo config (configs/llm2clip.py)
+  narrows it further for a 2-core CPU.
   """
   family: str = "siglip"
   image_size: int = 128
@@ -169,7 +168,7 @@ class Table(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-  """Conv2d(kernel = stride = P) as a reshape + einsum: (B, H, W, C) -> (B, H/P * W/P, D), row-major."""
+  """Conv2d(kernel = stride = P) as a reshape + matmul: (B, H, W, C) -> (B, H/P * W/P, D), row-major."""
   features: int
   patch_size: int
   use_bias: bool
@@ -181,11 +180,11 @@ class PatchEmbedding(nn.Module):
     p = self.patch_size
     init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2), out_axis=3)
     kernel = param_with_axes(self, "kernel", init, (p, p, c, self.features), ("patch", "patch", None, "embed"))
-    x = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)
-    x = jnp.einsum("bhpwqc,pqcd->bhwd", x, kernel.astype(self.dtype))  # (B, H/P, W/P, D)
+    x = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = matmul(x.reshape(b, (h // p) * (w // p), p * p * c), kernel.astype(self.dtype).reshape(-1, self.features))
     if self.use_bias:
       x = x + param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), ("embed",)).astype(self.dtype)
-    return x.reshape(b, -1, self.features)
+    return x  # (B, H/P * W/P, D)
 
 
 class Embeddings(nn.Module):
