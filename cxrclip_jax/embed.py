@@ -110,8 +110,10 @@ def main(argv, f):
     if not flag.value:
       print(f"error: --{flag.name} is required", file=sys.stderr)
       return 2
+  from cxrclip_jax import host_memory
   from cxrclip_jax.export.keymap import KeyMismatchError
   from cxrclip_jax.export.safetensors_io import SafetensorsError
+  host_memory.keep_freed_memory()
   try:
     emb = embed_file(f.model_dir.value, f.input.value, f.output.value, pooling=f.pooling.value,
                      bidirectional=f.bidirectional.value, instruction=f.instruction.value,

@@ -22,7 +22,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   workdir = pathlib.Path(_WORKDIR.value)
+  from cxrclip_jax import host_memory
   from cxrclip_jax.checkpoint import CheckpointError
+  host_memory.keep_freed_memory()
   from cxrclip_jax.train import clip_trainer
   try:
     run, step = clip_trainer.load_run(workdir, _STEP.value)

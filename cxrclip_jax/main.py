@@ -9,6 +9,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cxrclip_jax import host_memory
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, caches and metrics go (resumes if present).")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
                                  "Initialize jax.distributed (auto: when a cluster environment is detected).")
@@ -28,6 +30,7 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO
+  host_memory.keep_freed_memory()  # before the first JAX computation
   import jax
   if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
     jax.distributed.initialize()
