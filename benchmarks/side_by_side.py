@@ -16,10 +16,16 @@ def timed(fn, n: int) -> float:
 
 
 def alternate(sides: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-  """{name: [seconds per call, one per round]} with the sides run in alternating order."""
+  """{name: [seconds per call, one per round]} with the sides run in alternating order.
+
+  Each block starts with one untimed call: the first call after switching sides pays for the
+  other side's use of caches and of the process heap (a JAX step right after a torch step
+  page-faults its temporaries in again), a cost neither side has in a run of its own.
+  """
   times = {name: [] for name in sides}
   for r in range(rounds):
     for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+      sides[name]()
       times[name].append(timed(sides[name], steps))
   return times
 
