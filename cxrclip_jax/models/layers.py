@@ -25,9 +25,9 @@ def param_with_axes(module: nn.Module, name: str, init, shape, axes: Sequence[st
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """x (..., i) @ w (i, o) as one 2D matmul.
 
-  Flattening the leading dims first matters for the backward pass: XLA:CPU runs the weight
-  gradient of a batched einsum (contracting over batch and length at once) through a transpose
-  copy, ~1.7x slower than the 2D matmul's; other backends are indifferent.
+  Flattening the leading dims first matters for the backward pass: XLA:CPU runs the gradients of
+  a batched einsum (the weight's contracts batch and length at once) ~1.7x slower than those of
+  the 2D matmul (a 128->512 Dense on 64x64 tokens: 35 vs 20 ms); other backends are indifferent.
   """
   return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
