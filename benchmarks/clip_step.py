@@ -37,9 +37,9 @@ from cxrclip_jax.models.clip import ClipConfig, DualTower
 from cxrclip_jax.train.clip_setup import vision_config
 from cxrclip_jax.train.clip_step import make_train_step
 from cxrclip_jax.train.state import TrainState, split
-from cxrclip_jax import host_memory, optim
+from cxrclip_jax import optim
 from data_pipelines import assets
-from side_by_side import alternate, median_ratio, timed
+from side_by_side import alternate, median_ratio, parse_args, timed
 
 CONFIG = llm2clip.get_config("demo")
 VIT = vision_config(CONFIG)
@@ -120,11 +120,7 @@ def main():
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--text_rounds", type=int, default=2, help="rounds for the (slow) lora/full modes")
-  ap.add_argument("--release_host_memory", action="store_true",
-                  help="leave glibc's default malloc (freed buffers go back to the kernel every step)")
-  args = ap.parse_args()
-  if not args.release_host_memory:
-    host_memory.keep_freed_memory()  # as the project's entry points do; applies to both sides
+  args = parse_args(ap)
   llm_dir = assets.path("smollm2")
   print(f"jax {jax.devices()[0].platform} x{jax.device_count()}, torch threads {torch.get_num_threads()}; "
         f"batch {args.batch}; ViT {VIT.num_hidden_layers}x{VIT.hidden_size} at {VIT.image_size} px; "

@@ -3,8 +3,22 @@
 This machine is noisy; running the sides in alternating blocks (and reversing the order every
 round) and taking the median of per-round ratios cancels slow drift and bursts of other load.
 """
+import argparse
 import statistics
 import time
+
+from cxrclip_jax import host_memory
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+  """Parses the benchmark's flags and, unless --release_host_memory, keeps freed host memory in
+  the process as the project's entry points do (one setting for both sides of the comparison)."""
+  parser.add_argument("--release_host_memory", action="store_true",
+                      help="leave glibc's default malloc (freed buffers go back to the kernel every step)")
+  args = parser.parse_args()
+  if not args.release_host_memory:
+    host_memory.keep_freed_memory()
+  return args
 
 
 def timed(fn, n: int) -> float:

@@ -24,10 +24,10 @@ import optax
 import torch
 import transformers
 
-from cxrclip_jax import host_memory, losses
+from cxrclip_jax import losses
 from cxrclip_jax.export import hf
 from data_pipelines import assets
-from side_by_side import alternate, median_ratio
+from side_by_side import alternate, median_ratio, parse_args
 
 
 def make_batch(batch, length, vocab, seed=0):
@@ -106,11 +106,7 @@ def main():
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--steps", type=int, default=2)
   ap.add_argument("--no_compile", action="store_true", help="skip the torch.compile side")
-  ap.add_argument("--release_host_memory", action="store_true",
-                  help="leave glibc's default malloc (freed buffers go back to the kernel every step)")
-  args = ap.parse_args()
-  if not args.release_host_memory:
-    host_memory.keep_freed_memory()  # as the project's entry points do; applies to both sides
+  args = parse_args(ap)
   model_dir = assets.path("smollm2")
   ids, mask, labels = make_batch(args.batch, args.length, 49152)
   sides = {"jax": jax_sides(model_dir, ids, mask, labels),

@@ -296,10 +296,10 @@ class ProbeAttention(nn.Module):
     bias = param_with_axes(self, "in_proj_bias", nn.initializers.zeros, (3 * d,), ("qkv",))
     w, bias, x = w.astype(dt), bias.astype(dt), x.astype(dt)
     b, l, _ = x.shape
-    q = jnp.einsum("bld,ed->ble", probe.astype(dt), w[:d]) + bias[:d]
+    q = matmul(probe.astype(dt), w[:d].T) + bias[:d]
     q = jnp.broadcast_to(q.reshape(1, 1, n, d // n), (b, 1, n, d // n))
-    k = (jnp.einsum("bld,ed->ble", x, w[d:2 * d]) + bias[d:2 * d]).reshape(b, l, n, d // n)
-    v = (jnp.einsum("bld,ed->ble", x, w[2 * d:]) + bias[2 * d:]).reshape(b, l, n, d // n)
+    k = (matmul(x, w[d:2 * d].T) + bias[d:2 * d]).reshape(b, l, n, d // n)
+    v = (matmul(x, w[2 * d:].T) + bias[2 * d:]).reshape(b, l, n, d // n)
     out = jax.nn.dot_product_attention(q, k, v).reshape(b, 1, d)
     return Dense(d, ("heads", "embed"), use_bias=True, dtype=dt, name="out_proj")(out)
 
