@@ -63,9 +63,9 @@ def jax_step(mode, batch_size, llm_dir):
   params = nn.unbox(model.init(jax.random.key(0), batch["image"][:2], {k: v[:2] for k, v in text_in.items()})["params"])
   groups = ((r"^text_encoder/.*/lora/", {}), (r"^text_encoder/", {"frozen": True})) if mode == "lora" else ()
   trainable, frozen = split(params, optim.trainable_mask(params, groups))
-  tx = optim.build(trainable, lr=1e-4, total_steps=1000, groups=groups)
+  tx, lr_schedule = optim.build(trainable, lr=1e-4, total_steps=1000, groups=groups)
   state = [TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable), jax.random.key_data(jax.random.key(1)))]
-  step = make_train_step(model, tx, multi_positive=False)
+  step = make_train_step(model, tx, lr_schedule, multi_positive=False)
   device_batch = jax.device_put(batch)
 
   def run():
@@ -102,7 +102,7 @@ def torch_step(batch_size, params):
     txt = adapter(text)
     img = img / img.norm(dim=-1, keepdim=True)
     txt = txt / txt.norm(dim=-1, keepdim=True)
-    logits = img @ txt.T * log_scale.clamp(max=float(np.log(100))).exp()
+    logits = img @ txt.T * log_scale.exp()  # clamped after the step, as on the JAX side
     return 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
   def run():
     opt.zero_grad(set_to_none=True)
@@ -110,6 +110,8 @@ def torch_step(batch_size, params):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(modules.parameters()) + [log_scale], 1.0)
     opt.step()
+    with torch.no_grad():
+      log_scale.clamp_(0, float(np.log(100)))
     return loss.item()
   return run
 

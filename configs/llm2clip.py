@@ -59,6 +59,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   # bidirectional. An LLM2VEC4CXR model (the mimic variant) is used bidirectionally.
   c.text.bidirectional = False
   c.text.instruction = ""
+  # Chat template around each text: auto (llm2vec's rule, keyed on config.json's _name_or_path) |
+  # none | llama3 (what the released LLM2VEC4CXR always applies) | mistral | qwen2 | gemma.
+  c.text.wrapper = "auto"
   c.text.max_length = 128
   c.text.dtype = "float32"
   # > 0: use only the LLM's first N layers (then its final norm). An unadapted LLM embeds better
@@ -67,6 +70,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   # the demo's reports 3x faster. 0 (all layers) elsewhere.
   c.text.num_layers = 10
   c.text.embed_batch_size = 32
+  # Latent-attention pooling sizes; 0 takes them from the checkpoint (the latents' rows and
+  # llm2vec_config.json's latent_heads), else the released 512 latents x 8 heads. A nonzero value
+  # that disagrees with the checkpoint is an error naming both numbers.
+  c.text.num_latents = 0
+  c.text.latent_heads = 0
   c.text.standardize = True         # cached mode: standardize LLM embeddings with training-set stats
   c.text.remat = False
   c.text.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, dropout=0.05, target=_LORA_QKVO))
@@ -101,6 +109,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 50
   c.optim.b2 = 0.98
   c.optim.grad_clip = 1.0
+  # > 1: split each global batch into this many micro-batches inside the step (less activation
+  # memory, same update). Steps, warmup and the schedule count optimizer updates. A contrastive
+  # loss then sees only its micro-batch's negatives: InfoNCE over k micro-batches of b is not
+  # InfoNCE over k*b (exact large-batch contrastive gradients need gradient caching).
   c.optim.accum_steps = 1
   c.optim.layer_decay = 1.0         # < 1: layer-wise lr decay over the vision tower's blocks
   # (regex over param paths, options) pairs, first match wins; see cxrclip_jax/optim.py.
@@ -133,6 +145,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.augment = True
     c.text.pooling = "latent_attention"
     c.text.max_length = 512
+    c.text.wrapper = "llama3"
     c.text.dtype = "bfloat16"
     c.text.remat = True
     c.vision.family = "clip"

@@ -30,8 +30,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
   def maybe_save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
-    if not force and (self.every <= 0 or step % self.every):
+    if not force and not self.due(step):
       return False
     if step in self.manager.all_steps():
       return False

@@ -3,12 +3,14 @@
   python -m cxrclip_jax.embed --model_dir=DIR --input=texts.jsonl --output=emb.npy \
       [--pooling=mean|weighted_mean|eos_token|last_token|bos_token|latent_attention] \
       [--bidirectional=true|false] [--instruction=TEXT] [--max_length=512] [--batch_size=32] \
-      [--dtype=float32|bfloat16]
+      [--wrapper=auto|none|llama3|mistral|qwen2|gemma] [--dtype=float32|bfloat16]
 
 DIR is a plain HF Llama/Qwen2/Mistral directory (safetensors). texts.jsonl holds one JSON object
 per line with a "text" field. emb.npy is float32 (N, hidden), in input order, pooled, not
 normalized; tokenization and pooling follow llm2vec 0.2.3 (pad = eos, instruction joined by its
-separator, only the text's tokens pooled).
+separator, only the text's tokens pooled); token ids are those of DIR/tokenizer.json itself.
+--wrapper puts a chat template around each text: "auto" is llm2vec's rule (by config.json's
+_name_or_path), "llama3" the template the released LLM2VEC4CXR always uses.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from absl import app, flags
 import numpy as np
 
 from cxrclip_jax.models.pooling import POOLING_MODES
+from data_pipelines.tokenization import WRAPPER_CHOICES
 
 class InputError(ValueError):
   pass
@@ -55,7 +58,7 @@ def read_texts(path: str) -> list[str]:
 
 def embed_file(model_dir: str, input_path: str, output_path: str, *, pooling: str = "mean",
                bidirectional: bool = True, instruction: str = "", max_length: int = 512,
-               batch_size: int = 32, dtype: str = "float32") -> np.ndarray:
+               batch_size: int = 32, dtype: str = "float32", wrapper: str = "auto") -> np.ndarray:
   # Deferred so that bad input is reported before jax/transformers take seconds to import.
   texts = read_texts(input_path)
   if max_length < 1 or batch_size < 1:
@@ -67,7 +70,7 @@ def embed_file(model_dir: str, input_path: str, output_path: str, *, pooling: st
   hf.read_config(model_dir)  # a missing directory, config or weights fails here, first
   hf.weight_files(model_dir)
   try:
-    tokenizer = Llm2VecTokenizer.from_model_dir(model_dir, max_length=max_length, pooling=pooling)
+    tokenizer = Llm2VecTokenizer.from_model_dir(model_dir, max_length=max_length, pooling=pooling, wrapper=wrapper)
   except (OSError, ValueError) as e:
     raise InputError(f"could not load the tokenizer of {model_dir}: {e}") from None
   bos = tokenizer.tokenizer.bos_token_id
@@ -100,7 +103,9 @@ def _define_flags():
       instruction=flags.DEFINE_string("instruction", "", "Instruction prepended to every text (attended, not pooled)."),
       max_length=flags.DEFINE_integer("max_length", 512, "Truncation length in tokens."),
       batch_size=flags.DEFINE_integer("batch_size", 32, "Texts per forward pass."),
-      dtype=flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype."))
+      dtype=flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype."),
+      wrapper=flags.DEFINE_enum("wrapper", "auto", list(WRAPPER_CHOICES),
+                                "Chat template around each text (auto: llm2vec's rule by model name)."))
 
 
 def main(argv, f):
@@ -117,7 +122,8 @@ def main(argv, f):
   try:
     emb = embed_file(f.model_dir.value, f.input.value, f.output.value, pooling=f.pooling.value,
                      bidirectional=f.bidirectional.value, instruction=f.instruction.value,
-                     max_length=f.max_length.value, batch_size=f.batch_size.value, dtype=f.dtype.value)
+                     max_length=f.max_length.value, batch_size=f.batch_size.value, dtype=f.dtype.value,
+                     wrapper=f.wrapper.value)
   except (InputError, FileNotFoundError, KeyMismatchError, SafetensorsError, ValueError, OSError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
     return 1

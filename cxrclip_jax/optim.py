@@ -75,12 +75,12 @@ def schedule(lr: float, total_steps: int, warmup_steps: int, end_factor: float =
 
 def build(trainable_params, *, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.05,
           b1: float = 0.9, b2: float = 0.98, eps: float = 1e-6, grad_clip: float | None = 1.0,
-          groups=(), layer_decay: Mapping[str, Any] | None = None, accum_steps: int = 1
-          ) -> optax.GradientTransformation:
-  """AdamW over the trainable subtree (what `trainable_mask` keeps), one transform per group.
+          groups=(), layer_decay: Mapping[str, Any] | None = None
+          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(AdamW over the trainable subtree, one transform per group; its base lr schedule).
 
-  accum_steps > 1 accumulates gradients over that many steps before one update (optax.MultiSteps);
-  each micro-step's contrastive loss still sees only its own batch as negatives.
+  Steps count optimizer updates (gradient accumulation happens inside the train step, see
+  train/step.py), so the schedule returned here is exactly the one every update uses: log it.
   """
   labels, hyper = param_labels(trainable_params, groups, layer_decay)
   base = schedule(lr, total_steps, warmup_steps)
@@ -91,6 +91,4 @@ def build(trainable_params, *, lr: float, total_steps: int, warmup_steps: int = 
   tx = optax.multi_transform(transforms, labels)
   if grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-  if accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum_steps)
-  return tx
+  return tx, base

@@ -16,15 +16,19 @@ from typing import Sequence
 
 import numpy as np
 
+from data_pipelines.dir_tokenizer import DirTokenizer
+
 SEPARATOR = "!@#$%^&*()"
 
-# llm2vec applies a chat wrapper only for these `_name_or_path`s; "auto" reproduces that rule.
-_WRAPPERS = {
+# Chat wrappers (prefix, suffix) around the joined text. llm2vec applies one only for these
+# `_name_or_path`s ("auto" reproduces that rule); the released LLM2VEC4CXR always applies llama3.
+WRAPPERS = {
     "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
     "mistral": ("[INST] ", " [/INST]"),
     "gemma": ("<bos><start_of_turn>user\n", "<end_of_turn>"),
     "qwen2": ("<|im_start|>user\n", "<|im_end|>"),
 }
+WRAPPER_CHOICES = ("auto", "none", *WRAPPERS)
 _AUTO_WRAPPER = {
     "meta-llama/Meta-Llama-3-8B-Instruct": "llama3",
     "mistralai/Mistral-7B-Instruct-v0.2": "mistral",
@@ -35,13 +39,13 @@ _AUTO_WRAPPER = {
 }
 # eos_token pooling appends a literal end marker to the text, per config class (llm2vec's rule).
 _EOS_SUFFIX = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": "<|endoftext|>"}
+_LLAMA3_BASE = "meta-llama/Meta-Llama-3-8B"  # llm2vec's one name-keyed eos marker
 
 
-def load_hf_tokenizer(model_dir: str | pathlib.Path):
-  """An HF fast tokenizer configured as llm2vec configures it: pad = eos."""
-  import transformers  # Deferred: importing transformers costs seconds, and workers may not need it.
-  tok = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-  tok.pad_token = tok.eos_token
+def load_hf_tokenizer(model_dir: str | pathlib.Path) -> DirTokenizer:
+  """The directory's own tokenizer.json, configured as llm2vec configures it: pad = eos."""
+  tok = DirTokenizer(model_dir)
+  tok.set_pad_to_eos()
   return tok
 
 
@@ -50,11 +54,12 @@ class Llm2VecTokenizer:
   """Produces `input_ids`, `attention_mask`, `embed_mask` (int32, (B, L)) for llm2vec-style encoders.
 
   Attributes:
-    tokenizer: an HF tokenizer with pad = eos (see `load_hf_tokenizer`).
+    tokenizer: the directory's tokenizer with pad = eos (see `load_hf_tokenizer`), or anything
+      with the same calls (tests use a word-level stand-in).
     max_length: truncation length in tokens (llm2vec's `max_length`).
     doc_max_length: llm2vec's word-level trimming of long texts before tokenization (None: off).
     padding_side: "left" (llm2vec) or "right".
-    wrapper: "none", "auto" (llm2vec's rule from `name_or_path`), or a key of `_WRAPPERS`.
+    wrapper: "none", "auto" (llm2vec's rule from `name_or_path`), or a key of `WRAPPERS`.
     name_or_path: the `_name_or_path` llm2vec would see, for wrapper="auto".
     model_type: HF config `model_type`, for the eos_token pooling suffix.
     pooling: pooling mode; "eos_token" appends the end marker as llm2vec does.
@@ -87,12 +92,19 @@ class Llm2VecTokenizer:
 
   def prepare(self, joined: str) -> str:
     """llm2vec's `prepare_for_tokenization`: chat wrapper and eos suffix on the joined string."""
-    wrapper = _AUTO_WRAPPER.get(self.name_or_path) if self.wrapper == "auto" else self.wrapper
-    if wrapper not in (None, "none"):
-      prefix, suffix = _WRAPPERS[wrapper]
+    if self.wrapper not in WRAPPER_CHOICES:
+      raise ValueError(f"unknown wrapper {self.wrapper!r}; choose one of {', '.join(WRAPPER_CHOICES)}")
+    wrapper = _AUTO_WRAPPER.get(self.name_or_path, "none") if self.wrapper == "auto" else self.wrapper
+    if wrapper != "none":
+      prefix, suffix = WRAPPERS[wrapper]
       joined = prefix + joined.strip() + suffix
-    if self.pooling == "eos_token" and self.model_type in _EOS_SUFFIX:
-      joined = joined.strip() + _EOS_SUFFIX[self.model_type]
+      if wrapper == "llama3":  # llm2vec returns here: the Llama-3 template takes no eos suffix
+        return joined
+    if self.pooling == "eos_token":
+      if self.name_or_path == _LLAMA3_BASE:
+        joined = joined.strip() + "<|end_of_text|>"
+      elif self.model_type in _EOS_SUFFIX:
+        joined = joined.strip() + _EOS_SUFFIX[self.model_type]
     return joined
 
   def _count(self, text: str) -> int:

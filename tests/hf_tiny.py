@@ -123,3 +123,48 @@ def model_dir_with_tokenizer(kind: str, out: pathlib.Path, asset, seed: int = 0)
     tj["post_processor"] = _LLAMA3_BOS
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
   return out
+
+
+# Sentences a custom tokenizer is trained on: digits, units and percentages on purpose.
+_TOKENIZER_CORPUS = [
+    "Stable 8 mm nodule in the right upper lobe.", "ETT 4 cm above the carina.",
+    "Heart size is normal. The lungs are clear.", "Small left pleural effusion, 15% of the hemithorax.",
+    "No pneumothorax. No focal consolidation.", "Interval increase in bibasilar opacities since 2019.",
+    "Right PICC tip at the cavoatrial junction, 2.5 cm below the carina.",
+]
+
+
+def custom_tokenizer(vocab_size: int = 400):
+  """A ByteLevel BPE trained with `tokenizers` on a few sentences: GPT-2's pre-tokenizer regex
+  (digits grouped, never split one by one, unlike Qwen2's), `<s>`/`</s>`, and a BOS template."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(_TOKENIZER_CORPUS * 4, trainer)
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                     special_tokens=[("<s>", tok.token_to_id("<s>"))])
+  return tok
+
+
+def model_dir_with_custom_tokenizer(kind: str, out: pathlib.Path, seed: int = 0,
+                                    vocab_size: int | None = None) -> pathlib.Path:
+  """A tiny random `kind` model whose tokenizer.json is our own (not the family's), with a
+  tokenizer_config.json naming the generic fast class, as a user's trained tokenizer would be.
+  vocab_size: the model's embedding rows (default: the tokenizer's size)."""
+  import json
+  tok = custom_tokenizer()
+  config = tiny_config(kind, vocab_size=vocab_size or tok.get_vocab_size(), num_key_value_heads=2,
+                       bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"))
+  model = transformers.AutoModel.from_config(config)
+  randomize_(model, seed)
+  save(model.eval(), out)
+  tok.save(str(out / "tokenizer.json"))
+  hf_files.make_tokenizer_portable(out)  # tokenizers >= 0.20 writes merges as pairs; 0.19 reads strings
+  (out / "tokenizer_config.json").write_text(json.dumps({
+      "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+      "model_max_length": 512, "model_input_names": ["input_ids", "attention_mask"]}))
+  return out

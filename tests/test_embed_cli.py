@@ -74,3 +74,11 @@ def test_bad_input_gives_one_line_error(problem, expect, model_dir, tmp_path):
   lines = [l for l in stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], stderr
   assert not (tmp_path / "e.npy").exists()
+
+
+def test_tokenizer_beyond_the_embedding_table_is_one_line_error(tmp_path):
+  model_dir = hf_tiny.model_dir_with_custom_tokenizer("llama", tmp_path / "m", vocab_size=40)
+  inp = _jsonl(tmp_path / "t.jsonl", [json.dumps({"text": "Stable 8 mm nodule."})])
+  code, _, stderr = run_embed(f"--model_dir={model_dir}", f"--input={inp}", f"--output={tmp_path / 'e.npy'}")
+  assert code == 1 and stderr.count("\n") == 1, stderr
+  assert "outside the embedding table of 40 rows" in stderr and not (tmp_path / "e.npy").exists()

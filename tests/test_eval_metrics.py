@@ -68,3 +68,24 @@ def test_zeroshot_auroc_skips_uncertain_and_rare_findings():
   assert out["A"] == {"auroc": 1.0, "positives": 2, "negatives": 2}
   assert out["B"]["positives"] == 1 and out["B"]["negatives"] == 3
   assert zeroshot.mean_auroc(out, min_positives=2) == 1.0
+
+
+@pytest.mark.parametrize("where", ["image", "text"])
+def test_non_finite_embeddings_fail_naming_the_split(where):
+  """A NaN embedding once ranked every item first (i2t R@1 = 1.0 against chance 0.2)."""
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  (img if where == "image" else txt)[[1, 3], 2] = np.nan
+  with pytest.raises(retrieval.NonFiniteError, match=rf"split 'test'.*2 of 5 {where}_embeddings rows"):
+    retrieval.retrieval_metrics(img, txt, np.arange(5), name="split 'test'")
+  finite = rng.normal(size=(5, 4)) * 1e200  # finite features whose dot products overflow
+  with pytest.raises(retrieval.NonFiniteError, match="similarity_rows"):
+    retrieval.retrieval_metrics(finite, finite, np.arange(5), similarity=lambda a, b: a @ b.T)
+
+
+def test_constant_embedding_scores_worst_not_chance():
+  n = 6
+  m = retrieval.retrieval_metrics(np.ones((n, 3)), np.ones((n, 3)), np.arange(n))
+  for task in ("i2t", "t2i"):
+    assert m[task]["R@1"] == 0.0 and m[task]["mean_rank"] == n  # every tie counts against it
+    assert m[task]["chance"]["R@1"] == pytest.approx(1 / n)

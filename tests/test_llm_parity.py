@@ -47,3 +47,13 @@ def test_remat_and_bf16_compute(tmp_path):
   out = np.asarray(hidden(bf16, bf16_params)).astype(np.float32)
   real = mask.astype(bool)
   assert np.abs(out - base)[real].max() < 0.1 * np.abs(base)[real].max()
+
+
+def test_token_ids_outside_the_embedding_table_are_an_error(tmp_path):
+  """Under jit, jnp.take fills an out-of-range row with NaN; the host-side guard names the id."""
+  from cxrclip_jax.models.llm_encoder import check_token_ids
+  check_token_ids(np.array([[0, 5, 255]]), 256)
+  with pytest.raises(ValueError, match="token id 300 .*largest id 300, vocab_size 256"):
+    check_token_ids(np.array([[0, 5, 300]]), 256)
+  with pytest.raises(ValueError, match="token id -1"):
+    check_token_ids(np.array([[-1, 5]]), 256)

@@ -200,11 +200,22 @@ def test_sharded_forward_equals_single_device(hf_dirs, case):
 
 
 def test_demo_config_shapes():
-  demo = VitConfig()  # the from-scratch demo tower: 128 px, 8x8 patches of 16, width 192, 6 layers
+  """The tower `make demo` trains, built from configs/llm2clip.py as the trainer builds it."""
+  from configs import llm2clip
+  from cxrclip_jax.train import clip_setup
+  config = llm2clip.get_config("demo")
+  demo = clip_setup.vision_config(config)
+  v, s = config.vision, config.data.image_size
+  assert (demo.image_size, demo.patch_size, demo.hidden_size, demo.num_hidden_layers) == (
+      s, v.patch_size, v.hidden_size, v.num_hidden_layers)
   (pooled, tokens), variables = jax.eval_shape(
-      lambda: VisionTower(demo).init_with_output(jax.random.key(0), jnp.zeros((2, 128, 128, 3))))
-  assert pooled.shape == (2, 192) and tokens.shape == (2, 64, 192)
-  assert 2e6 < sum(x.size for x in jax.tree.leaves(variables)) < 4e6
+      lambda: VisionTower(demo).init_with_output(jax.random.key(0), jnp.zeros((2, s, s, 3))))
+  assert pooled.shape == (2, v.hidden_size) and tokens.shape == (2, (s // v.patch_size) ** 2, v.hidden_size)
+  # Parameter count from the architecture: patch embedding, positions, blocks, final norm.
+  d, m, n = v.hidden_size, v.intermediate_size, (s // v.patch_size) ** 2
+  per_block = 4 * (d * d + d) + (d * m + m) + (m * d + d) + 4 * d
+  expected = 3 * v.patch_size ** 2 * d + d + n * d + v.num_hidden_layers * per_block + 2 * d
+  assert sum(x.size for x in jax.tree.leaves(variables)) == expected
 
 
 def test_dropout_and_bf16_compute(hf_dirs):

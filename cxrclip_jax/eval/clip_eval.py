@@ -13,7 +13,7 @@ import tqdm
 
 from cxrclip_jax import sharding
 from cxrclip_jax.eval import retrieval, zeroshot
-from cxrclip_jax.train.clip_step import text_inputs
+from cxrclip_jax.models.clip import text_inputs
 from data_pipelines import labels as labels_lib
 
 ZEROSHOT_MIN_POSITIVES = 10
@@ -76,8 +76,10 @@ class ClipEvaluator:
 
   def evaluate(self, params, split: str, progress: bool = False) -> dict:
     f = self.features(params, split, progress)
-    out = retrieval.retrieval_metrics(f["img"], f["txt"], f["text_id"], f["labels"], self.similarity)
+    out = retrieval.retrieval_metrics(f["img"], f["txt"], f["text_id"], f["labels"], self.similarity,
+                                      name=f"evaluation of split {split!r}")
     pos, neg = self.prompt_features(params)
+    retrieval.check_finite(f"zero-shot prompts of split {split!r}", positive_prompts=pos, negative_prompts=neg)
     names = list(zeroshot.PROMPTS)
     columns = [labels_lib.FINDINGS.index(n) for n in names]
     detail = zeroshot.zeroshot_auroc(f["img"], pos, neg, f["labels"][:, columns], names, self.similarity)

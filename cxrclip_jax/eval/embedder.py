@@ -14,6 +14,7 @@ import numpy as np
 import tqdm
 
 from cxrclip_jax import sharding
+from cxrclip_jax.models.llm_encoder import check_token_ids
 from data_pipelines.tokenization import Llm2VecTokenizer
 
 
@@ -39,6 +40,8 @@ class TextEmbedder:
   def embed(self, texts: Sequence[str], instructions: Sequence[str] | str = "", *, progress: bool = False,
             desc: str = "embedding") -> np.ndarray:
     rows = self.tokenizer.encode_rows(texts, instructions)
+    check_token_ids(np.concatenate([np.asarray(r, np.int64) for r, _ in rows] or [np.zeros(0)]),
+                    self.module.config.vocab_size)
     order = np.argsort([-len(r) for r, _ in rows], kind="stable")
     out: np.ndarray | None = None
     with sharding.activate(self.mesh, self.rules), tqdm.tqdm(total=len(rows), desc=desc, disable=not progress,

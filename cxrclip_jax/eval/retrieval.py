@@ -3,7 +3,9 @@
 Identical report texts are de-duplicated into one candidate: an image's report is "found" when
 its text is retrieved, and a text query is answered by any image that carries it. Clinically
 equivalent retrieval counts a hit when the retrieved item's extracted finding set equals the
-query's. Ties count against the model (a constant embedding scores chance, never better).
+query's. Ties count against the model: a candidate scoring the same as the correct one ranks
+above it, so a constant embedding (every score tied) ranks every correct item last — the worst
+score, never chance or better. Non-finite embeddings or scores are an error, never a score.
 """
 from __future__ import annotations
 
@@ -12,6 +14,20 @@ from typing import Mapping
 import numpy as np
 
 KS = (1, 5, 10)
+
+
+class NonFiniteError(ValueError):
+  pass
+
+
+def check_finite(name: str, **arrays: np.ndarray) -> None:
+  """One-line error naming `name` and how many rows of each array hold a NaN or an infinity."""
+  bad = {k: int((~np.isfinite(np.asarray(v, np.float64))).reshape(len(v), -1).any(axis=1).sum())
+         for k, v in arrays.items()}
+  bad = {k: n for k, n in bad.items() if n}
+  if bad:
+    counts = ", ".join(f"{n} of {len(arrays[k])} {k} rows" for k, n in bad.items())
+    raise NonFiniteError(f"{name}: non-finite values in {counts}; the model diverged or its inputs are bad")
 
 
 def ranks(sim: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -47,16 +63,19 @@ def _finding_keys(labels: np.ndarray) -> np.ndarray:
 
 
 def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_ids: np.ndarray,
-                      labels: np.ndarray | None = None, similarity=None) -> dict[str, dict]:
+                      labels: np.ndarray | None = None, similarity=None, name: str = "retrieval") -> dict[str, dict]:
   """Metrics for N image-report pairs (row i of each array belongs to study i).
 
   image_emb, text_emb: (N, D); text_ids: (N,) equal for identical report texts;
   labels: optional (N, F) finding labels for the clinically equivalent variants;
   similarity: f(image_emb, text_emb) -> (Ni, Nt) scores (default: cosine).
+  name: what is evaluated (e.g. the split), for the error on non-finite inputs.
   """
+  check_finite(name, image_embeddings=image_emb, text_embeddings=text_emb)
   text_ids = np.asarray(text_ids)
   uniq, first, inverse = np.unique(text_ids, return_index=True, return_inverse=True)
   sim = (similarity or cosine)(image_emb, text_emb[first])  # (N images, U unique texts)
+  check_finite(name, similarity_rows=sim)  # finite features can still overflow a dot product
   exact = inverse[:, None] == np.arange(len(uniq))[None, :]
   out = {}
   r = ranks(sim, exact)

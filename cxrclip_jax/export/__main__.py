@@ -30,7 +30,8 @@ def export(run, output: pathlib.Path) -> None:
     from data_pipelines import assets
     text_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
     hf.save_text_encoder(output / "text", model.text, params["text_encoder"], tokenizer_dir=text_dir,
-                         pooling=config.text.pooling, lora=model.text.lora, max_length=config.text.max_length)
+                         pooling=config.text.pooling, lora=model.text.lora, max_length=config.text.max_length,
+                         latent_heads=model.clip.latent_heads)
     source = str(output / "text")
   else:
     source = config.text.model_dir or "(SmolLM2-135M-Instruct from the asset cache)"

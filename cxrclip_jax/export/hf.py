@@ -114,8 +114,29 @@ def _dummy_text_inputs():
   return ids, jnp.ones_like(ids), jnp.ones_like(ids)
 
 
+DEFAULT_NUM_LATENTS, DEFAULT_LATENT_HEADS = 512, 8
+LLM2VEC_CONFIG = "llm2vec_config.json"
+
+
+def latent_attention_sizes(model_dir, num_latents: int = 0, latent_heads: int = 0,
+                           tensors: dict | None = None) -> tuple[int, int]:
+  """(num_latents, heads) of latent-attention pooling: the configured values (0: unset) checked
+  against what the directory holds — the latents' row count and llm2vec_config.json's
+  `latent_heads` (head count is not visible in the weights) — else the released defaults."""
+  model_dir = pathlib.Path(model_dir)
+  tensors = read_weights(model_dir) if tensors is None else tensors
+  found_latents = tensors["latent_attn.latents"].shape[0] if "latent_attn.latents" in tensors else 0
+  side = model_dir / LLM2VEC_CONFIG
+  found_heads = int(json.loads(side.read_text()).get("latent_heads", 0)) if side.is_file() else 0
+  for what, configured, found in (("num_latents", num_latents, found_latents), ("latent_heads", latent_heads, found_heads)):
+    if configured and found and configured != found:
+      raise ValueError(f"latent attention: the config asks for {what}={configured} but {model_dir} holds {found}; "
+                       f"set text.{what}={found} (or 0 to take the checkpoint's)")
+  return (num_latents or found_latents or DEFAULT_NUM_LATENTS, latent_heads or found_heads or DEFAULT_LATENT_HEADS)
+
+
 def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = False, dtype: str = "float32",
-                      num_latents: int | None = None, latent_heads: int = 8, num_layers: int | None = None,
+                      num_latents: int = 0, latent_heads: int = 0, num_layers: int | None = None,
                       **config_overrides):
   """(TextEncoder module, numpy params, ignored keys) from an HF directory. Raises naming any bad key.
 
@@ -130,11 +151,10 @@ def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = Fal
   config = LlmConfig.from_hf(hf_config, is_causal=is_causal, dtype=dtype, **config_overrides)
   tensors = read_weights(model_dir)
   latent = pooling == "latent_attention"
-  if latent and num_latents is None:
-    if "latent_attn.latents" not in tensors:
-      raise keymap.KeyMismatchError(f"latent_attention pooling needs 'latent_attn.*' keys; {model_dir} has none")
-    num_latents = tensors["latent_attn.latents"].shape[0]
-  module = TextEncoder(config, pooling=pooling, num_latents=num_latents or 512, latent_heads=latent_heads)
+  if latent and "latent_attn.latents" not in tensors:
+    raise keymap.KeyMismatchError(f"latent_attention pooling needs 'latent_attn.*' keys; {model_dir} has none")
+  num_latents, latent_heads = latent_attention_sizes(model_dir, num_latents, latent_heads, tensors)
+  module = TextEncoder(config, pooling=pooling, num_latents=num_latents, latent_heads=latent_heads)
   # LlamaForCausalLM checkpoints prefix the base model with "model."; an encoder ignores lm_head.
   prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
   optional = [r"lm_head\.weight"] + ([] if latent else [re.escape(r[0]) for r in LATENT_ATTN_KEYS])
@@ -183,7 +203,7 @@ def _write_weights(out_dir: pathlib.Path, tensors: dict[str, np.ndarray], max_sh
 
 def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None, pooling: str = "mean",
                       lora: lora_lib.LoraConfig | None = None, max_length: int = 512,
-                      max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+                      latent_heads: int = DEFAULT_LATENT_HEADS, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
   """Writes an HF directory: base-model keys in model.safetensors (params' dtype), LoRA merged,
   latent-attention weights (if any) in pooling.safetensors, tokenizer files copied over."""
   out_dir = pathlib.Path(out_dir)
@@ -201,8 +221,10 @@ def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None,
   hf = config.to_hf()
   hf.update(torch_dtype=dtype, dtype=dtype)
   (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-  (out_dir / "llm2vec_config.json").write_text(json.dumps(
-      {"pooling_mode": pooling, "max_length": max_length, "skip_instruction": True}, indent=2) + "\n")
+  sidecar = {"pooling_mode": pooling, "max_length": max_length, "skip_instruction": True}
+  if latent:  # the head count is not recoverable from the weights
+    sidecar["latent_heads"] = latent_heads
+  (out_dir / LLM2VEC_CONFIG).write_text(json.dumps(sidecar, indent=2) + "\n")
   if tokenizer_dir is not None:
     for name in TOKENIZER_FILES:
       if (pathlib.Path(tokenizer_dir) / name).is_file():

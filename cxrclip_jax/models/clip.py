@@ -6,9 +6,13 @@ With text_mode="cached" there is no text encoder in the model at all: the batch 
 LLM's pooled embedding of each report, and only the adapter is trained on it.
 
 Two similarity modes:
-  standard: L2-normalized features x exp(t), t = log scale clamped to ln 100 (CLIP).
-  paper:    unnormalized features x t clamped to [0, ln 100], as the released LLM2CLIP4CXR
-            training code computes (no normalization, no exp).
+  standard: L2-normalized features x exp(t) (CLIP).
+  paper:    unnormalized features x t, as the released LLM2CLIP4CXR training code computes (no
+            normalization, no exp).
+In both, t (the `logit_scale` param) is kept in [0, ln 100] by clamping the *parameter* after each
+optimizer step (`clamp_log_scale`, as the released code's `clamp_`), never inside the forward pass:
+a clip there has zero gradient outside the range, so a scale that left it would be stuck for good
+(and in paper mode a scale below 0 would zero every logit and every gradient).
 """
 from __future__ import annotations
 
@@ -81,13 +85,25 @@ class TextAdapter(nn.Module):
     raise ValueError(f"unknown adapter {c.adapter!r} (linear | mlp)")
 
 
+def text_inputs(batch: dict) -> dict:
+  """The text side of a batch: cached embeddings, or the token arrays of the online encoder."""
+  if "text_emb" in batch:
+    return {"text_emb": batch["text_emb"]}
+  return {k: batch[k] for k in ("input_ids", "attention_mask", "embed_mask")}
+
+
 def logit_scale(log_scale: jax.Array, mode: str) -> jax.Array:
-  """The multiplier applied to feature dot products (1 / temperature)."""
+  """The multiplier applied to feature dot products (1 / temperature); unclamped (see above)."""
   if mode == "standard":
-    return jnp.exp(jnp.minimum(log_scale, MAX_LOG_SCALE))
+    return jnp.exp(log_scale)
   if mode == "paper":
-    return jnp.clip(log_scale, 0.0, MAX_LOG_SCALE)
+    return log_scale
   raise ValueError(f"unknown similarity mode {mode!r} (standard | paper)")
+
+
+def clamp_log_scale(log_scale: jax.Array) -> jax.Array:
+  """The parameter's range, applied after each update: [0, ln 100]."""
+  return jnp.clip(log_scale, 0.0, MAX_LOG_SCALE)
 
 
 def similarity(image: jax.Array, text: jax.Array, log_scale: jax.Array, bias: jax.Array | None,

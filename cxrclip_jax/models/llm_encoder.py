@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.layers import Dense, RMSNorm, apply_rope, constrain, matmul, param_with_axes, rope_inv_freq
@@ -103,6 +104,16 @@ class LlmConfig:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+
+def check_token_ids(ids, vocab_size: int) -> None:
+  """Host-side guard before ids reach `Embed`: under jit, `jnp.take` fills an out-of-range row
+  with NaN instead of failing, which would surface much later as a NaN loss or embedding."""
+  ids = np.asarray(ids)
+  if ids.size and (ids.max() >= vocab_size or ids.min() < 0):
+    raise ValueError(f"token id {int(ids.max()) if ids.max() >= vocab_size else int(ids.min())} is outside the "
+                     f"embedding table of {vocab_size} rows (largest id {int(ids.max())}, vocab_size {vocab_size}): "
+                     "the tokenizer does not belong to this model")
 
 
 class Embed(nn.Module):

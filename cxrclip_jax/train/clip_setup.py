@@ -17,7 +17,7 @@ from cxrclip_jax.eval.embedder import TextEmbedder
 from cxrclip_jax.export import hf, vision_hf
 from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.clip import ClipConfig, DualTower
-from cxrclip_jax.models.llm_encoder import LlmConfig
+from cxrclip_jax.models.llm_encoder import LlmConfig, check_token_ids
 from cxrclip_jax.models.vision import VitConfig
 from cxrclip_jax.train import text_cache
 from data_pipelines import assets, pipelines, prepare
@@ -108,8 +108,12 @@ class TextSide:
     self.llm_config = LlmConfig.from_hf(hf.read_config(self.model_dir), is_causal=not config.text.bidirectional,
                                         dtype=config.text.dtype, remat=config.text.remat, lora=lora, **overrides)
     self.tokenizer = Llm2VecTokenizer.from_model_dir(self.model_dir, max_length=config.text.max_length,
-                                                     pooling=config.text.pooling)
+                                                     pooling=config.text.pooling, wrapper=config.text.wrapper)
     self.pipeline_tokenizer = None if self.mode == "cached" else self.tokenizer
+    # Latent-attention sizes: the config's, checked against the checkpoint's (0 = take those).
+    self.num_latents, self.latent_heads = hf.latent_attention_sizes(
+        self.model_dir, config.text.num_latents, config.text.latent_heads) \
+        if config.text.pooling == "latent_attention" else (config.text.num_latents, config.text.latent_heads)
     self.standardize = self.mode == "cached" and config.text.standardize
     self.stats = None  # (mean, 1/std) of the training reports' embeddings, set by `tables`
     self._embedder = None
@@ -119,7 +123,8 @@ class TextSide:
     if self._embedder is None:
       module, params, _ = hf.load_text_encoder(self.model_dir, pooling=self.config.text.pooling,
                                                is_causal=not self.config.text.bidirectional, dtype=self.config.text.dtype,
-                                               num_layers=self.num_layers)
+                                               num_layers=self.num_layers, num_latents=self.num_latents,
+                                               latent_heads=self.latent_heads)
       self._embedder = TextEmbedder(module, params, self.tokenizer, self.mesh,
                                     batch_size=self.config.text.embed_batch_size)
     return self._embedder.embed(texts, self.config.text.instruction, progress=self.write_cache,
@@ -130,7 +135,7 @@ class TextSide:
     return text_cache.cached_embeddings(self.cache_dir, texts, lambda u: self._embed(u, what), write=self.write_cache,
                                         model_dir=self.model_dir, pooling=t.pooling, bidirectional=t.bidirectional,
                                         instruction=t.instruction, max_length=t.max_length, dtype=t.dtype,
-                                        num_layers=self.num_layers)
+                                        num_layers=self.num_layers, wrapper=t.wrapper)
 
   def tables(self, dirs, splits) -> tuple[TrainTable | None, dict[str, np.ndarray] | None]:
     """(training table, {eval name: table}) in cached mode; (None, None) otherwise."""
@@ -160,9 +165,11 @@ class TextSide:
                           pad_to=self.config.text.max_length)
 
 
-def device_batch(batch: dict, train_table: TrainTable | None, mesh) -> dict:
+def device_batch(batch: dict, train_table: TrainTable | None, mesh, vocab_size: int | None = None) -> dict:
   """Host batch -> global device arrays, with cached text embeddings gathered on the host."""
   arrays = {k: v for k, v in batch.items() if k in DEVICE_KEYS}
+  if vocab_size is not None and "input_ids" in arrays:
+    check_token_ids(arrays["input_ids"], vocab_size)
   if train_table is not None:
     rows = train_table.offsets[batch["dataset_index"]] + batch["record_index"]
     arrays["text_emb"] = train_table.table[rows]
@@ -187,7 +194,8 @@ def build_model(config, text: TextSide):
   c = config.clip
   clip_config = ClipConfig(embed_dim=c.embed_dim, text_mode=text.mode, adapter=c.adapter, similarity=c.similarity,
                            loss=c.loss, init_log_scale=c.init_log_scale, text_pooling=config.text.pooling,
-                           standardize_text=text.standardize)
+                           standardize_text=text.standardize, num_latents=text.num_latents or hf.DEFAULT_NUM_LATENTS,
+                           latent_heads=text.latent_heads or hf.DEFAULT_LATENT_HEADS)
   model = DualTower(vision_config(config), clip_config, None if text.mode == "cached" else text.llm_config,
                     dtype=np.dtype(config.train.dtype))
   s = config.data.image_size
@@ -208,7 +216,8 @@ def load_pretrained(config, params, shardings, text: TextSide):
   if text.mode in ("lora", "full"):
     loaded["text_encoder"] = hf.load_text_encoder(text.model_dir, pooling=config.text.pooling,
                                                   is_causal=not config.text.bidirectional,
-                                                  num_layers=text.num_layers)[1]
+                                                  num_layers=text.num_layers, num_latents=text.num_latents,
+                                                  latent_heads=text.latent_heads)[1]
   if config.vision.model_dir:
     loaded["vision_model"] = vision_hf.load_vision_tower(config.vision.model_dir, image_size=config.data.image_size,
                                                          dtype=config.train.dtype, remat=config.vision.remat)[1]

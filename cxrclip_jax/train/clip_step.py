@@ -1,4 +1,4 @@
-"""One jitted CLIP training step: (state, frozen, batch) -> (state, metrics), state donated."""
+"""The CLIP loss and its jitted step (train/step.py): (state, frozen, batch) -> (state, metrics)."""
 from __future__ import annotations
 
 import jax
@@ -6,14 +6,9 @@ import jax.numpy as jnp
 import optax
 
 from cxrclip_jax import losses
-from cxrclip_jax.models.clip import logit_scale
-from cxrclip_jax.train.state import TrainState, merge
-
-
-def text_inputs(batch: dict) -> dict:
-  if "text_emb" in batch:
-    return {"text_emb": batch["text_emb"]}
-  return {k: batch[k] for k in ("input_ids", "attention_mask", "embed_mask")}
+from cxrclip_jax.models.clip import clamp_log_scale, logit_scale, text_inputs
+from cxrclip_jax.train.state import merge
+from cxrclip_jax.train.step import make_train_step as make_generic_step
 
 
 def contrastive_loss(logits, batch, loss: str, multi_positive: bool, label_smoothing: float):
@@ -23,24 +18,32 @@ def contrastive_loss(logits, batch, loss: str, multi_positive: bool, label_smoot
   return losses.infonce(logits, pos, label_smoothing)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, *, loss: str = "infonce",
-                    multi_positive: bool = True, label_smoothing: float = 0.0):
-  similarity_mode = model.clip.similarity
+def make_loss_fn(model, *, loss: str = "infonce", multi_positive: bool = True, label_smoothing: float = 0.0):
   def loss_fn(params, frozen, batch, rng):
-    img, txt, logits = model.apply({"params": merge(params, frozen)}, batch["image"], text_inputs(batch),
-                                   deterministic=False, rngs={"dropout": rng})
+    _, _, logits = model.apply({"params": merge(params, frozen)}, batch["image"], text_inputs(batch),
+                               deterministic=False, rngs={"dropout": rng})
     value = contrastive_loss(logits, batch, loss, multi_positive, label_smoothing)
     hits = jnp.argmax(logits, axis=1) == jnp.arange(logits.shape[0])
     return value, {"i2t_top1": hits.mean()}
+  return loss_fn
 
-  def step(state: TrainState, frozen, batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-    (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+
+def clamp_scale_in_place(params):
+  """The released training code's `logit_scale.clamp_(0, ln 100)` after each optimizer step."""
+  if "logit_scale" not in params:
+    return params
+  return {**params, "logit_scale": clamp_log_scale(params["logit_scale"])}
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss: str = "infonce",
+                    multi_positive: bool = True, label_smoothing: float = 0.0, accum_steps: int = 1):
+  mode = model.clip.similarity
+
+  def temperature(params, frozen):
     log_scale = params["logit_scale"] if "logit_scale" in params else frozen["logit_scale"]
-    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
-               "temperature": 1.0 / logit_scale(log_scale, similarity_mode), **aux}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return {"temperature": 1.0 / logit_scale(log_scale, mode)}
 
-  return jax.jit(step, donate_argnums=0)
+  return make_generic_step(make_loss_fn(model, loss=loss, multi_positive=multi_positive,
+                                        label_smoothing=label_smoothing),
+                           tx, schedule, accum_steps=accum_steps, post_update=clamp_scale_in_place,
+                           extra_metrics=temperature)

@@ -105,9 +105,10 @@ def setup(config, workdir, devices=None) -> Run:
   trainable, frozen = split(params, optim.trainable_mask(params, groups))
   if not jax.tree.leaves(trainable):
     raise TrainingError("optim.groups freeze every parameter; nothing would train")
-  tx = optim.build(trainable, lr=config.optim.lr, total_steps=total_steps, warmup_steps=config.optim.warmup_steps,
-                   weight_decay=config.optim.weight_decay, b2=config.optim.b2, grad_clip=config.optim.grad_clip,
-                   groups=groups, layer_decay=clip_setup.layer_decay(config), accum_steps=config.optim.accum_steps)
+  tx, lr_schedule = optim.build(trainable, lr=config.optim.lr, total_steps=total_steps,
+                                warmup_steps=config.optim.warmup_steps, weight_decay=config.optim.weight_decay,
+                                b2=config.optim.b2, grad_clip=config.optim.grad_clip, groups=groups,
+                                layer_decay=clip_setup.layer_decay(config))
   state = sharding.on_mesh(TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
                                       opt_state=jax.jit(tx.init)(trainable),
                                       rng=jax.random.key_data(jax.random.key(config.seed + 1))), mesh)
@@ -116,8 +117,9 @@ def setup(config, workdir, devices=None) -> Run:
     print(f"text side: {config.text.mode} ({text.model_dir}); params: {count(trainable):.2f}M trainable, "
           f"{count(frozen):.2f}M frozen; {total_steps} steps of {global_bs} ({steps_per_epoch} per epoch) "
           f"on {jax.device_count()} devices", flush=True)
-  train_step = make_train_step(model, tx, loss=config.clip.loss, multi_positive=config.clip.multi_positive,
-                               label_smoothing=config.clip.label_smoothing)
+  train_step = make_train_step(model, tx, lr_schedule, loss=config.clip.loss,
+                               multi_positive=config.clip.multi_positive, label_smoothing=config.clip.label_smoothing,
+                               accum_steps=config.optim.accum_steps)
 
   # 7. Evaluation on the eval splits (features gathered to every host, scored in numpy).
   evaluator = ClipEvaluator(model, mesh, eval_sets, eval_tables, text.prompt_inputs(), config.clip.similarity)
@@ -174,28 +176,33 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # 9. The loop: metrics fetched every log_every steps (the only host sync), NaN check there.
   c = config.train
-  lr_at = optim.schedule(config.optim.lr, run.total_steps, config.optim.warmup_steps)
   start = int(run.state.step)
+  vocab_size = None if config.text.mode == "cached" else run.model.text.vocab_size
+  all_finite = jax.jit(lambda tree: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.tqdm(total=run.total_steps, initial=start, desc="train", unit="step", disable=not is_main)
   with sharding.activate(run.mesh):
     for step in range(start + 1, run.total_steps + 1):
-      batch = clip_setup.device_batch(next(train_iter), run.train_table, run.mesh)
+      batch = clip_setup.device_batch(next(train_iter), run.train_table, run.mesh, vocab_size)
       run.state, metrics = run.train_step(run.state, run.frozen, batch)
-      if step % c.log_every == 0 or step == run.total_steps:
+      save = step == run.total_steps or run.checkpointer.due(step)
+      if step % c.log_every == 0 or save:  # a checkpoint is never written unchecked
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(metrics["loss"]):
-          raise TrainingError(f"loss became {metrics['loss']} at step {step}; lower optim.lr or check the data")
+        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+        if bad or (save and not bool(all_finite(run.state.params))):
+          what = f"{bad[0]} became {metrics[bad[0]]}" if bad else "the params became non-finite"
+          raise TrainingError(f"{what} at step {step}; nothing was saved after step "
+                              f"{run.checkpointer.latest_step() or 0}. Lower optim.lr or check the data")
+      if step % c.log_every == 0 or step == run.total_steps:
         now = time.perf_counter()
-        metrics.update(step=step, lr=float(lr_at(step)),
-                       examples_per_s=(step - last_step) * run.global_batch / (now - last_time))
+        metrics.update(step=step, examples_per_s=(step - last_step) * run.global_batch / (now - last_time))
         last_time, last_step = now, step
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_s']:.0f}")
         if is_main:
           with open(run.workdir / "train_log.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
       bar.update(1)
-      run.checkpointer.maybe_save(step, run.state.checkpointed(), train_iter, force=step == run.total_steps)
+      run.checkpointer.maybe_save(step, run.state.checkpointed(), train_iter, force=save)
       if c.eval_every and step % c.eval_every == 0 and step != run.total_steps:
         run.evaluate(step, progress=is_main)
   bar.close()

@@ -1,8 +1,8 @@
 """Frozen-LLM text embeddings computed once and stored in the workdir (text_mode="cached").
 
 The file name is a content hash of everything the embeddings depend on: the weights and tokenizer
-files (bytes, not names or dates), pooling, attention direction, instruction, max_length, dtype
-the number of layers used, and the texts themselves. Any change gives a new key, so a stale cache is never reused.
+files (bytes, not names or dates), pooling, attention direction, instruction, chat wrapper,
+max_length, dtype, the number of layers used, and the texts themselves. Any change gives a new key, so a stale cache is never reused.
 """
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ _TOKENIZER_FILES = hf.TOKENIZER_FILES[:-1]  # generation_config.json does not af
 
 
 def cache_key(model_dir, texts: Sequence[str], *, pooling: str, bidirectional: bool, instruction: str,
-              max_length: int, dtype: str, num_layers: int | None = None) -> str:
+              max_length: int, dtype: str, num_layers: int | None = None, wrapper: str = "auto") -> str:
   model_dir = pathlib.Path(model_dir)
   h = hashlib.sha256()
-  parts = {"pooling": pooling, "bidirectional": bidirectional, "instruction": instruction,
-           "max_length": max_length, "dtype": dtype, "num_layers": num_layers,
+  # "tokenization" names the tokenizer implementation: 2 = the directory's own tokenizer.json
+  # (data_pipelines.dir_tokenizer); caches from transformers' AutoTokenizer (1) are not reused.
+  parts = {"tokenization": 2, "pooling": pooling, "bidirectional": bidirectional, "instruction": instruction,
+           "max_length": max_length, "dtype": dtype, "num_layers": num_layers, "wrapper": wrapper,
            "config": json.loads((model_dir / "config.json").read_text()),
            "weights": [sha256_file(p) for p in hf.weight_files(model_dir)],
            "tokenizer": {n: sha256_file(model_dir / n) for n in _TOKENIZER_FILES if (model_dir / n).is_file()}}
