@@ -220,3 +220,30 @@ class WordTokenizer:
 
   def convert_tokens_to_ids(self, token: str) -> int:
     return self._ids(token)[0]
+
+
+FINDING_REPORTS = ("Small right pleural effusion.", "The lungs are clear.", "Mild cardiomegaly.")
+
+
+def finding_radiograph(seed: int, finding: int, size: tuple[int, int] = (72, 64)) -> np.ndarray:
+  """`radiograph(seed)` with the finding drawn in: an opaque right base (effusion), nothing
+  (clear lungs), or a wide bright heart (cardiomegaly). A signal a tiny tower can learn."""
+  img = radiograph(seed, size).astype(np.float32) / 255
+  h, w = size
+  y, x = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+  if finding == 0:
+    img[(y > 0.6) & (x < 0.45)] = 0.95
+  elif finding == 2:
+    img[(x - 0.5) ** 2 / 0.06 + (y - 0.62) ** 2 / 0.03 < 1] = 0.95
+  return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def learnable_manifest(root: pathlib.Path, n: int = 48) -> pathlib.Path:
+  """n studies whose images show their report's finding (manifest() images carry none)."""
+  rows = []
+  for i in range(n):
+    write_image(root / "img" / f"{i}.png", finding_radiograph(i, i % 3))
+    rows.append({"image": f"img/{i}.png", "report": f"[FINDINGS] {FINDING_REPORTS[i % 3]} No pneumothorax. "
+                 f"[IMPRESSION] Finding number {i}.", "study_id": f"s{i}", "patient_id": f"p{i}",
+                 "split": ["train", "train", "train", "test"][(i // 3) % 4]})
+  return manifest(root, rows)

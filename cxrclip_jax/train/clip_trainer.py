@@ -7,6 +7,7 @@ train_log.jsonl and metrics.json. `setup` is shared with `python -m cxrclip_jax.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -161,6 +162,17 @@ def _close(iterator) -> None:
     close()
 
 
+@contextlib.contextmanager
+def _finish_saves_on_error(checkpointer):
+  """On any error in the loop, let Orbax finish the saves already started, so the last good
+  checkpoint is complete on disk before the run stops."""
+  try:
+    yield
+  except BaseException:
+    checkpointer.wait()
+    raise
+
+
 def train_and_evaluate(config, workdir) -> dict:
   run = setup(config, workdir)
   is_main = jax.process_index() == 0
@@ -181,7 +193,7 @@ def train_and_evaluate(config, workdir) -> dict:
   all_finite = jax.jit(lambda tree: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.tqdm(total=run.total_steps, initial=start, desc="train", unit="step", disable=not is_main)
-  with sharding.activate(run.mesh):
+  with sharding.activate(run.mesh), _finish_saves_on_error(run.checkpointer):
     for step in range(start + 1, run.total_steps + 1):
       batch = clip_setup.device_batch(next(train_iter), run.train_table, run.mesh, vocab_size)
       run.state, metrics = run.train_step(run.state, run.frozen, batch)
