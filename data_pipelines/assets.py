@@ -76,7 +76,7 @@ ASSETS = {
 }
 GROUPS = {
     "demo": ("smollm2", "iu_reports", "radiograph"),
-    "test": ("smollm2", "iu_reports", "radiograph", "vocab"),
+    "test": ("smollm2", "iu_reports", "radiograph", "vocab", "minilm"),
     "all": tuple(ASSETS),
 }
 _PRODUCT = {
