@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import re
 import xml.etree.ElementTree as ET
 from typing import Mapping
@@ -263,75 +264,244 @@ def split_sentences(text: str) -> list[str]:
   return sentences
 
 
-# Curated radiology abbreviations (abbreviation, expansion). Ambiguous ones (PE: effusion or embolism,
-# PA: view or artery) are left out on purpose: a swap must never change the meaning.
-ABBREVIATIONS: tuple[tuple[str, str], ...] = (
-    ("PTX", "pneumothorax"), ("CHF", "congestive heart failure"),
+# ---- Abbreviations -------------------------------------------------------------------------------
+#
+# (abbreviation, expansion) pairs of real chest-radiograph shorthand. The table is a bijection: no
+# abbreviation has two expansions and no expansion two abbreviations, so expand(contract(x)) says what
+# x says. Abbreviations with two readings in chest X-ray text are left out, because a swap must never
+# change the meaning: PE (pleural effusion / pulmonary embolism), CT (computed tomography / chest
+# tube), HD (hemidiaphragm / hemodialysis), CP alone (costophrenic / chest pain), LAD
+# (lymphadenopathy / left anterior descending), RA (right atrium / room air), CVA (cerebrovascular
+# accident / costovertebral angle), PCP (Pneumocystis pneumonia / primary care physician), MAC (mitral
+# annular calcification / Mycobacterium avium), ICD (defibrillator / intercostal drain), IV
+# (intravenous / the numeral), PVC, ASD, US, ED, OR, cm (centimetre, never cardiomegaly), min (minimal
+# / minimum), post (posterior / "status post"), port (portable / a chest port), cath (catheter /
+# catheterization), pneumo (pneumothorax / pneumonia / pneumoperitoneum), rt (right / radiotherapy),
+# ext, diff, calc, vert, abd, sx, tx. PA and AP swap only before a view word and R and L only before
+# a lateral noun (`_CONTEXT`), in both directions, so that whatever is contracted expands back.
+# Two tiers: ACRONYMS (what signed reports write; the default of `swap_abbreviations`, so augmenting
+# a report keeps it a plausible signed report) and SHORTHAND (a quick note's word shortenings).
+
+# Formal abbreviations: acronyms, slash forms and the few word forms that signed reports use.
+ACRONYMS: tuple[tuple[str, str], ...] = (
+    # Lobes and zones.
     ("RLL", "right lower lobe"), ("RML", "right middle lobe"), ("RUL", "right upper lobe"),
-    ("LLL", "left lower lobe"), ("LUL", "left upper lobe"),
-    ("ETT", "endotracheal tube"), ("NGT", "nasogastric tube"), ("OGT", "orogastric tube"),
-    ("PICC", "peripherally inserted central catheter"),
+    ("LLL", "left lower lobe"), ("LUL", "left upper lobe"), ("RLZ", "right lower zone"),
+    ("RMZ", "right mid zone"), ("RUZ", "right upper zone"), ("LLZ", "left lower zone"),
+    ("LMZ", "left mid zone"), ("LUZ", "left upper zone"),
+    # Anatomy.
     ("CP angles", "costophrenic angles"), ("CP angle", "costophrenic angle"),
+    ("CMS", "cardiomediastinal silhouette"), ("AP window", "aortopulmonary window"),
+    ("GEJ", "gastroesophageal junction"), ("CAJ", "cavoatrial junction"),
+    ("SVC", "superior vena cava"), ("IVC", "inferior vena cava"), ("LV", "left ventricle"),
+    ("RV", "right ventricle"), ("AC joints", "acromioclavicular joints"),
+    ("AC joint", "acromioclavicular joint"), ("SC joints", "sternoclavicular joints"),
+    ("SC joint", "sternoclavicular joint"), ("T-spine", "thoracic spine"), ("C-spine", "cervical spine"),
+    ("L-spine", "lumbar spine"), ("RUQ", "right upper quadrant"), ("LUQ", "left upper quadrant"),
+    ("RLQ", "right lower quadrant"), ("LLQ", "left lower quadrant"), ("GI", "gastrointestinal"),
+    # Lines, tubes and devices.
+    ("ETT", "endotracheal tube"), ("NGT", "nasogastric tube"), ("OGT", "orogastric tube"),
+    ("DHT", "Dobhoff tube"), ("PICC", "peripherally inserted central catheter"),
+    ("CVC", "central venous catheter"), ("CVL", "central venous line"), ("IJ", "internal jugular"),
+    ("RIJ", "right internal jugular"), ("LIJ", "left internal jugular"), ("EJ", "external jugular"),
+    ("PPM", "permanent pacemaker"), ("AICD", "automatic implantable cardioverter-defibrillator"),
+    ("IABP", "intra-aortic balloon pump"), ("ECMO", "extracorporeal membrane oxygenation"),
+    ("LVAD", "left ventricular assist device"), ("VP shunt", "ventriculoperitoneal shunt"),
+    ("PEG", "percutaneous endoscopic gastrostomy"), ("ECG", "electrocardiogram"),
+    ("CPAP", "continuous positive airway pressure"), ("PEEP", "positive end-expiratory pressure"),
+    # Procedures and studies.
+    ("CABG", "coronary artery bypass graft"), ("AVR", "aortic valve replacement"),
+    ("MVR", "mitral valve replacement"), ("TAVR", "transcatheter aortic valve replacement"),
+    ("VATS", "video-assisted thoracoscopic surgery"), ("ORIF", "open reduction internal fixation"),
+    ("ACDF", "anterior cervical discectomy and fusion"), ("PCI", "percutaneous coronary intervention"),
+    ("XRT", "radiation therapy"), ("BAL", "bronchoalveolar lavage"), ("EBUS", "endobronchial ultrasound"),
+    ("TTE", "transthoracic echocardiogram"), ("TEE", "transesophageal echocardiogram"),
+    ("MRI", "magnetic resonance imaging"), ("PET", "positron emission tomography"),
+    ("CXR", "chest radiograph"),
+    # Findings and diseases.
+    ("PTX", "pneumothorax"), ("GGOs", "ground-glass opacities"), ("GGO", "ground-glass opacity"),
+    ("VAP", "ventilator-associated pneumonia"), ("CHF", "congestive heart failure"),
+    ("HF", "heart failure"), ("COPD", "chronic obstructive pulmonary disease"),
+    ("ARDS", "acute respiratory distress syndrome"), ("RDS", "respiratory distress syndrome"),
+    ("ILD", "interstitial lung disease"), ("IPF", "idiopathic pulmonary fibrosis"),
+    ("UIP", "usual interstitial pneumonia"), ("NSIP", "nonspecific interstitial pneumonia"),
+    ("COP", "cryptogenic organizing pneumonia"), ("TB", "tuberculosis"),
+    ("NTM", "nontuberculous mycobacteria"), ("CF", "cystic fibrosis"),
+    ("AVM", "arteriovenous malformation"), ("SPN", "solitary pulmonary nodule"), ("LNs", "lymph nodes"),
+    ("LN", "lymph node"), ("NSCLC", "non-small cell lung cancer"), ("SCLC", "small cell lung cancer"),
+    ("SCC", "squamous cell carcinoma"), ("AAA", "abdominal aortic aneurysm"),
+    ("TAA", "thoracic aortic aneurysm"), ("DJD", "degenerative joint disease"),
+    ("DDD", "degenerative disc disease"), ("OA", "osteoarthritis"), ("CAD", "coronary artery disease"),
+    ("HTN", "hypertension"), ("PAH", "pulmonary arterial hypertension"), ("MI", "myocardial infarction"),
+    ("AFib", "atrial fibrillation"), ("VSD", "ventricular septal defect"),
+    ("PDA", "patent ductus arteriosus"), ("TOF", "tetralogy of Fallot"), ("DM", "diabetes mellitus"),
+    ("CKD", "chronic kidney disease"), ("ESRD", "end-stage renal disease"),
+    ("SLE", "systemic lupus erythematosus"), ("GERD", "gastroesophageal reflux disease"),
+    ("SBO", "small bowel obstruction"), ("URI", "upper respiratory infection"),
+    # Clinical context.
+    ("SOB", "shortness of breath"), ("DOE", "dyspnea on exertion"), ("MVC", "motor vehicle collision"),
+    ("MVA", "motor vehicle accident"), ("GSW", "gunshot wound"), ("ICU", "intensive care unit"),
+    ("OSH", "outside hospital"),
+    # Conclusions.
+    ("NAD", "no acute disease"), ("NACPD", "no acute cardiopulmonary disease"),
+    ("NACPP", "no acute cardiopulmonary process"), ("NIC", "no interval change"),
+    ("WNL", "within normal limits"),
+    # Slash forms and the word forms signed reports use.
     ("s/p", "status post"), ("w/o", "without"), ("w/", "with"), ("c/w", "consistent with"),
-    ("GGO", "ground-glass opacity"), ("NAD", "no acute disease"),
-    ("COPD", "chronic obstructive pulmonary disease"), ("ARDS", "acute respiratory distress syndrome"),
-    ("IJ", "internal jugular"), ("SVC", "superior vena cava"), ("IVC", "inferior vena cava"),
-    ("AICD", "automatic implantable cardioverter-defibrillator"),
-    ("CABG", "coronary artery bypass graft"), ("ILD", "interstitial lung disease"),
-    ("DJD", "degenerative joint disease"), ("TB", "tuberculosis"), ("CXR", "chest radiograph"),
-    ("b/l", "bilateral"), ("r/o", "rule out"), ("hx", "history"), ("fx", "fracture"),
+    ("b/l", "bilateral"), ("r/o", "rule out"), ("h/o", "history of"), ("f/u", "follow-up"),
+    ("y/o", "year-old"), ("hx", "history"), ("fx", "fracture"), ("fxs", "fractures"), ("dx", "diagnosis"),
+    ("ddx", "differential diagnosis"), ("bx", "biopsy"),
 )
 
+# Telegraphic shorthand: the word shortenings and note-style forms of a radiologist's quick note
+# ("Sm R pl eff, no PTX", "d/t", "PNA").
+SHORTHAND: tuple[tuple[str, str], ...] = (
+    ("R", "right"), ("L", "left"), ("bibas", "bibasilar"), ("AP", "anteroposterior"),
+    ("PA", "posteroanterior"), ("lat", "lateral"), ("ant", "anterior"), ("obl", "oblique"),
+    ("decub", "decubitus"), ("proj", "projection"),
+    ("sm", "small"), ("lg", "large"), ("mod", "moderate"), ("enl", "enlarged"), ("prom", "prominent"),
+    ("elev", "elevated"), ("mult", "multiple"), ("signif", "significant"), ("assoc", "associated"),
+    ("pl effs", "pleural effusions"), ("pl eff", "pleural effusion"), ("pl", "pleural"),
+    ("effs", "effusions"), ("eff", "effusion"), ("atx", "atelectasis"), ("consol", "consolidation"),
+    ("opacs", "opacities"), ("opac", "opacity"), ("infilts", "infiltrates"), ("infilt", "infiltrate"),
+    ("cong", "congestion"), ("mets", "metastases"), ("calcifs", "calcifications"),
+    ("calcif", "calcification"), ("hyperinfl", "hyperinflation"), ("subseg", "subsegmental"),
+    ("retic", "reticular"), ("periph", "peripheral"), ("degen", "degenerative"), ("dz", "disease"),
+    ("nl", "normal"), ("abnl", "abnormal"), ("clr", "clear"), ("unchg", "unchanged"), ("chg", "change"),
+    ("incr", "increased"), ("decr", "decreased"), ("intvl", "interval"), ("prev", "previous"),
+    ("neg", "negative"), ("pos", "positive"),
+    ("PNA", "pneumonia"), ("w/in", "within"), ("b/w", "between"), ("d/t", "due to"),
+    ("r/t", "related to"), ("c/o", "complains of"), ("w/u", "workup"),
+    ("pulm", "pulmonary"), ("vasc", "vascular"), ("mediast", "mediastinal"),
+    ("cardiopulm", "cardiopulmonary"), ("resp", "respiratory"), ("hemidiaph", "hemidiaphragm"),
+    ("subcut", "subcutaneous"), ("subclav", "subclavian"), ("clav", "clavicle"), ("trach", "tracheostomy"),
+    ("vols", "volumes"), ("vol", "volume"), ("surg", "surgical"), ("chemo", "chemotherapy"),
+    ("post-op", "postoperative"), ("pre-op", "preoperative"), ("exam", "examination"),
+    ("eval", "evaluation"), ("pts", "patients"), ("pt", "patient"), ("esp", "especially"),
+    ("wks", "weeks"), ("wk", "week"), ("mos", "months"), ("yrs", "years"), ("yr", "year"), ("hrs", "hours"),
+)
+ABBREVIATIONS = ACRONYMS + SHORTHAND
+LEXICONS = {"acronyms": ACRONYMS, "shorthand": SHORTHAND, "all": ABBREVIATIONS}
 
-def _abbr_pattern(abbr: str) -> str:
-  # All-caps abbreviations match exactly (so "Ett" in prose is left alone); lowercase ones like
-  # "s/p" also match "S/p" at a sentence start.
-  body = re.escape(abbr).replace(r"\ ", r"\s+")
-  return body if any(c.isupper() for c in abbr) else f"(?i:{body})"
-
-
-def _expansion_pattern(expansion: str) -> str:
-  return "(?i:" + r"[\s-]+".join(re.escape(w) for w in re.split(r"[ -]", expansion)) + ")"
+# Acronyms radiologists also type in lower case ("no ptx"); the rest must be written in capitals, so
+# that "Ett" or "sob" in prose is never expanded. Contraction always writes the capitals.
+_LOWERCASE_OK = frozenset({
+    "PTX", "CHF", "COPD", "ETT", "NGT", "OGT", "PICC", "SVC", "IVC", "CABG", "GGO", "GGOs", "ILD", "IPF",
+    "ARDS", "AICD", "DJD", "PNA", "RLL", "RML", "RUL", "LLL", "LUL", "CXR", "WNL", "HTN", "CKD", "ESRD"})
+# Abbreviations (and so their expansions) that swap only before one of these words (or its
+# counterpart, see `_context_pattern`): "R pl eff", "L lung", "PA and lat", "AP view". Elsewhere a
+# capital letter or "PA" may mean anything else ("L1", "main PA", "AP window" is its own entry).
+_LATERAL_NOUNS = (
+    "lung", "base", "apex", "hemithorax", "hemidiaphragm", "diaphragm", "pleural", "pleura", "effusion",
+    "effusions", "pneumothorax", "atelectasis", "consolidation", "opacity", "opacities", "infiltrate",
+    "upper", "middle", "mid", "lower", "basilar", "basal", "apical", "perihilar", "hilar", "hilum",
+    "infrahilar", "paratracheal", "costophrenic", "internal", "external", "subclavian", "jugular",
+    "femoral", "chest", "rib", "ribs", "clavicle", "shoulder", "axilla", "axillary", "breast", "mastectomy",
+    "heart", "atrium", "atrial", "ventricle", "ventricular", "main", "mainstem", "bronchus", "anterior",
+    "posterior", "lateral", "side", "nodule", "mass", "granuloma", "fracture", "arm", "neck", "PICC")
+_VIEW_WORDS = ("view", "views", "and lateral", "projection", "radiograph", "chest", "film", "image",
+               "upright", "supine", "erect", "portable")
+_CONTEXT = {"R": _LATERAL_NOUNS, "L": _LATERAL_NOUNS, "PA": _VIEW_WORDS, "AP": _VIEW_WORDS + ("diameter",)}
 
 
 def _key(text: str) -> str:
   return " ".join(re.split(r"[\s-]+", text.lower()))
 
 
-_TO_EXPANSION = {_key(a): e for a, e in ABBREVIATIONS}
-_TO_ABBREVIATION = {_key(e): a for a, e in ABBREVIATIONS}
-_TERMS = sorted([(_abbr_pattern(a), len(a)) for a, _ in ABBREVIATIONS] +
-                [(_expansion_pattern(e), len(e)) for _, e in ABBREVIATIONS], key=lambda t: -t[1])
-# Longest first so "CP angles" wins over "CP angle" and "w/o" over "w/"; no letter, digit or slash
-# may touch a term on either side.
-_TERM = re.compile(r"(?<![\w/])(?:" + "|".join(p for p, _ in _TERMS) + r")(?![\w/])")
+def _abbr_pattern(abbr: str) -> str:
+  # Lowercase abbreviations also match a capitalized first letter ("Sm" at a sentence start) and,
+  # for slash forms, all capitals ("S/P"); "MOD" or "PT" in capitals may be something else.
+  forms = {abbr}
+  if abbr.islower():
+    forms |= {abbr[0].upper() + abbr[1:]} | ({abbr.upper()} if "/" in abbr else set())
+  elif abbr in _LOWERCASE_OK:
+    forms.add(abbr.lower())
+  return "(?:" + "|".join(re.escape(f).replace(r"\ ", r"\s+") for f in sorted(forms)) + ")"
+
+
+def _expansion_pattern(expansion: str) -> str:
+  return "(?i:" + r"[\s-]+".join(re.escape(w) for w in re.split(r"[ -]", expansion)) + ")"
+
+
+def _context_pattern(phrases: tuple[str, ...]) -> str:
+  """A lookahead for "one of `phrases` follows", where each word may also be written as its table
+  counterpart's first word ("pleural" or "pl", "costophrenic" or "CP"), since the next term is
+  swapped in the same pass."""
+  first_words: dict[str, set[str]] = {}
+  for abbr, expansion in ABBREVIATIONS:
+    a, e = re.split(r"[ -]", abbr)[0], re.split(r"[ -]", expansion)[0]
+    first_words.setdefault(e.lower(), set()).add(a)
+    first_words.setdefault(a.lower(), set()).add(e)
+  options = []
+  for phrase in phrases:
+    words = []
+    for word in phrase.split():
+      forms = {word} | first_words.get(word.lower(), set())
+      words.append("(?:" + "|".join(re.escape(f) for f in sorted(forms)) + ")")
+    options.append(r"[\s-]+".join(words))
+  return r"(?=\s+(?i:" + "|".join(options) + r")(?![\w/]))"
+
+
+@functools.lru_cache(maxsize=None)
+def _lexicon(name: str) -> tuple[re.Pattern, dict[str, str], dict[str, str]]:
+  """(term regex, abbreviation key -> expansion, expansion key -> abbreviation) of one lexicon."""
+  if name not in LEXICONS:
+    raise ValueError(f"unknown abbreviation lexicon {name!r}; known: {', '.join(LEXICONS)}")
+  table = LEXICONS[name]
+  terms = []
+  for abbr, expansion in table:
+    context = _context_pattern(_CONTEXT[abbr]) if abbr in _CONTEXT else ""
+    terms += [(_abbr_pattern(abbr) + context, len(abbr)), (_expansion_pattern(expansion) + context, len(expansion))]
+  # Longest first so "CP angles" wins over "CP angle", "w/o" over "w/" and "right lower lobe" over
+  # "right"; no letter, digit or slash may touch a term on either side.
+  terms.sort(key=lambda t: -t[1])
+  pattern = re.compile(r"(?<![\w/])(?:" + "|".join(p for p, _ in terms) + r")(?![\w/])")
+  return pattern, {_key(a): e for a, e in table}, {_key(e): a for a, e in table}
 
 
 def swap_abbreviations(text: str, rng: np.random.Generator | None = None, p: float = 1.0,
-                       direction: str = "both") -> str:
-  """Replaces each table term with its counterpart with probability `p`.
+                       direction: str = "both", lexicon: str = "acronyms") -> str:
+  """Replaces each table term with its counterpart with probability `p` (one pass, left to right).
 
   Args:
     direction: "both", "expand" (abbreviation -> expansion only) or "contract" (the reverse).
+    lexicon: "acronyms" (formal abbreviations: what augmenting a signed report should use),
+      "shorthand" (telegraphic word shortenings) or "all".
   """
   if direction not in ("both", "expand", "contract"):
     raise ValueError(f"direction must be both, expand or contract, got {direction!r}")
+  pattern, to_expansion, to_abbreviation = _lexicon(lexicon)
 
   def replace(m: re.Match) -> str:
     found, key = m.group(0), _key(m.group(0))
-    if key in _TO_EXPANSION and direction != "contract":
-      new = _TO_EXPANSION[key]
+    if key in to_expansion and direction != "contract":
+      new = to_expansion[key]
       before = text[:m.start()].rstrip()
       at_start = not before or before[-1] in ".!?:]"
-      new = new[0].upper() + new[1:] if at_start and found[0].isupper() else new
-    elif key in _TO_ABBREVIATION and direction != "expand":
-      new = _TO_ABBREVIATION[key]
+      # A capital starts the expansion at a sentence start, or where a lowercase abbreviation was
+      # deliberately capitalized ("(Sm"), so that contracting again restores it.
+      capital = found[0].isupper() and (at_start or to_abbreviation[_key(new)].islower())
+      new = new[0].upper() + new[1:] if capital else new
+    elif key in to_abbreviation and direction != "expand":
+      new = to_abbreviation[key]
       new = new[0].upper() + new[1:] if found[0].isupper() and new.islower() else new
     else:
       return found
     return new if rng is None or p >= 1.0 or rng.random() < p else found
 
-  return _TERM.sub(replace, text)
+  return pattern.sub(replace, text)
+
+
+def expand(text: str, lexicon: str = "all") -> str:
+  """Every abbreviation of `lexicon` written out."""
+  return swap_abbreviations(text, direction="expand", lexicon=lexicon)
+
+
+def abbreviate(text: str, lexicon: str = "all") -> str:
+  """The canonical abbreviated form: expanded first, so abbreviations already in the text are
+  rewritten in the table's own form too ("right IJ" -> "RIJ"). Hence abbreviate(expand(a)) == a for
+  any output a, and a text with one changed word abbreviates to one changed word or term."""
+  return swap_abbreviations(expand(text, lexicon), direction="contract", lexicon=lexicon)
 
 
 def augment(text: str, rng: np.random.Generator, *, shuffle_p: float = 0.3, abbrev_p: float = 0.0,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from data_pipelines import labels as labels_lib
 from data_pipelines import reports
+from data_pipelines import shorthand
 
 ERROR_TYPES = ("laterality", "severity", "false_finding", "false_negation")
 
@@ -30,7 +32,7 @@ class Variant:
 # ---- Positives -----------------------------------------------------------------------------------
 
 
-def _reorder(text: str, rng: np.random.Generator) -> str:
+def reorder_sentences(text: str, rng: np.random.Generator) -> str:
   """Sentences shuffled within each section, guaranteed to differ when any section has two."""
   parts = reports.split_tagged(text)
   out, changed = [], False
@@ -45,18 +47,32 @@ def _reorder(text: str, rng: np.random.Generator) -> str:
   return " ".join(s for s in out if s)
 
 
+meaning = shorthand.meaning  # labels of the expanded text (cached; do not mutate the result)
+
+
 def positives(text: str, rng: np.random.Generator) -> list[Variant]:
-  """Meaning-preserving rewrites of `text` (tagged or plain) that differ from it."""
+  """Meaning-preserving rewrites of `text` (tagged or plain) that differ from it and from each other.
+
+  Abbreviation uses the full lexicon (`reports.abbreviate`); the telegraphic shorthand is kept only
+  when re-labelling finds the same findings (`shorthand.telegraphic`).
+  """
   candidates = [
-      Variant(reports.swap_abbreviations(text, direction="contract"), "positive", "abbreviated"),
-      Variant(reports.swap_abbreviations(text, direction="expand"), "positive", "abbreviations expanded"),
-      Variant(_reorder(text, rng), "positive", "sentences reordered within sections"),
+      Variant(reports.abbreviate(text), "positive", "abbreviated"),
+      Variant(reports.expand(text), "positive", "abbreviations expanded"),
+      Variant(reorder_sentences(text, rng), "positive", "sentences reordered within sections"),
   ]
+  if (short := shorthand.telegraphic(text, int(rng.integers(2**31)))) is not None:
+    candidates.append(Variant(short, "positive", "telegraphic shorthand"))
   report = reports.from_tagged(text)
   if reports.TAG.search(text) and report.findings and report.impression:
     candidates.append(Variant(f"[{reports.IMPRESSION}] {report.impression}", "positive", "findings dropped"))
     candidates.append(Variant(f"[{reports.FINDINGS}] {report.findings}", "positive", "impression dropped"))
-  return [v for v in candidates if v.text != text]
+  seen, out = {text}, []
+  for v in candidates:
+    if v.text not in seen:
+      seen.add(v.text)
+      out.append(v)
+  return out
 
 
 # ---- Hard negatives ------------------------------------------------------------------------------
@@ -133,7 +149,7 @@ def _shuffled(items: list, rng: np.random.Generator) -> list:
 
 
 def _swap_tokens(src: _Labelled, rng: np.random.Generator, pattern: re.Pattern, table: dict,
-                 field: str) -> tuple[str, str] | None:
+                 field: str, avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
   """Swaps the `field` token of every positive mention of one finding (chosen at random)."""
   attrs = getattr(src.findings, field)
   allowed = {"left", "right"} if field == "laterality" else {"upper", "middle", "lower"}
@@ -143,17 +159,18 @@ def _swap_tokens(src: _Labelled, rng: np.random.Generator, pattern: re.Pattern, 
     edits = [(s, e, _match_case(table[old.lower()], old)) for (s, e), old in tokens.items()]
     new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
-    if edits and getattr(after, field).get(finding) not in (None, attrs[finding]) and \
+    if edits and new_text not in avoid and getattr(after, field).get(finding) not in (None, attrs[finding]) and \
         _others_same(src.findings, after, finding, field):
       olds, news = sorted({old.lower() for old in tokens.values()}), sorted({e[2].lower() for e in edits})
       return new_text, f"{field}: {'/'.join(olds)} -> {'/'.join(news)} ({finding})"
   return None
 
 
-def _laterality(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
+def _laterality(src: _Labelled, rng: np.random.Generator,
+                avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
   """Left <-> right for one finding (all its positive mentions); falls back to a zone swap."""
-  return (_swap_tokens(src, rng, _SIDE_TOKEN, _SIDE_SWAP, "laterality") or
-          _swap_tokens(src, rng, _ZONE_TOKEN, _ZONE_SWAP, "zone"))
+  return (_swap_tokens(src, rng, _SIDE_TOKEN, _SIDE_SWAP, "laterality", avoid) or
+          _swap_tokens(src, rng, _ZONE_TOKEN, _ZONE_SWAP, "zone", avoid))
 
 
 def _phrase_start(text: str, m: labels_lib.Mention) -> int:
@@ -188,7 +205,8 @@ def _grade_edits(src: _Labelled, finding: str) -> list[tuple[int, int, str]]:
   return [(at, at, word + " ")]
 
 
-def _severity(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
+def _severity(src: _Labelled, rng: np.random.Generator,
+              avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
   """Changes a stated grade to the opposite one, or adds a grade where none is stated."""
   candidates = [f for f in labels_lib.FINDINGS
                 if src.findings.labels.get(f) == 1 and f not in ("No Finding", "Support Devices")]
@@ -197,7 +215,7 @@ def _severity(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | Non
     new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
     old = src.findings.severity.get(finding)
-    if edits and after.severity.get(finding) not in (None, old) and \
+    if edits and new_text not in avoid and after.severity.get(finding) not in (None, old) and \
         _others_same(src.findings, after, finding, "severity"):
       return new_text, f"severity: {old or 'none stated'} -> {after.severity[finding]} ({finding})"
   return None
@@ -243,14 +261,62 @@ def _insert_sentence(text: str, sentence: str, rng: np.random.Generator) -> str:
   return " ".join(f"[{t}] {b}" if t else b for t, b in parts)
 
 
-def _false_finding(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
-  """States a finding the report does not mention at all."""
+# The denial of a sentence ("No X.", "There is no X", "X is not seen", "The heart is not enlarged"),
+# and the "normal" of a heart or mediastinum stated normal.
+_DENIAL = re.compile(r"^(?P<lead>\s*(?:\[[A-Z][A-Z _/()-]*\]\s*)?)(?P<there>there (?:is|are) )?no ", re.I)
+_NOT = re.compile(r"\b(is|are) not (?=(?:seen|identified|present|evident|visualized|demonstrated|appreciated|"
+                  r"detected|enlarged|widened)\b)", re.I)
+_NORMAL_WORD = re.compile(r"\b(?:within normal limits|normal|unremarkable)\b", re.I)
+_ABNORMAL_WORD = {"Cardiomegaly": "enlarged", "Enlarged Cardiomediastinum": "widened"}
+
+
+def _undo_denial(src: _Labelled, m: labels_lib.Mention) -> tuple[int, int, str] | None:
+  """The one- or two-word edit that makes mention `m`'s sentence state it: "No pneumothorax." ->
+  "Pneumothorax.", "is not seen" -> "is seen", "Heart size normal" -> "Heart size enlarged"."""
+  start, end = m.sentence
+  sentence = src.text[start:end]
+  if (d := _DENIAL.match(sentence)):
+    rest = sentence[d.end():]
+    new = d.group("there") + rest if d.group("there") else rest[:1].upper() + rest[1:]
+    return start, end, d.group("lead") + new
+  if (n := _NOT.search(sentence)):
+    return start + n.start(), start + n.end(), n.group(1) + " "
+  if m.finding in _ABNORMAL_WORD and (token := src.nearest(_NORMAL_WORD, m)) is not None:
+    return token.start(), token.end(), _match_case(_ABNORMAL_WORD[m.finding], token.group(0))
+  return None
+
+
+def _assert_denied(src: _Labelled, rng: np.random.Generator,
+                   avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+  """States a finding the report denies by undoing the denial in every sentence that denies it.
+  A denial shared by a list ("no effusion or pneumothorax") would be undone for every item: the
+  re-labelling check rejects that, as it must (two errors)."""
+  for finding in _shuffled([f for f in _NEGATED if src.findings.labels.get(f) == 0], rng):
+    by_sentence = {m.sentence: m for m in src.mentions if m.finding == finding and m.status == 0}
+    edits = [_undo_denial(src, m) for _, m in sorted(by_sentence.items())]
+    if not edits or None in edits:
+      continue
+    new_text = _edit(src.text, edits)
+    after = labels_lib.extract(new_text)
+    if new_text not in avoid and after.labels.get(finding) == 1 and \
+        _others_same(src.findings, after, finding, "labels"):
+      return new_text, f"false finding: asserted {finding}, which the report denies"
+  return None
+
+
+def _false_finding(src: _Labelled, rng: np.random.Generator,
+                   avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+  """States a finding the report denies (a one-word flip of its denial, preferred: that is the error
+  an encoder must learn to see) or, failing that, one it does not mention (an added sentence)."""
+  if (flipped := _assert_denied(src, rng, avoid)) is not None:
+    return flipped
   for finding in _shuffled([f for f in _TEMPLATES if f not in src.findings.labels], rng):
     templates = _TEMPLATES[finding]
     sentence = _fill(templates[int(rng.integers(len(templates)))], rng)
     new_text = _insert_sentence(src.text, sentence, rng)
     after = labels_lib.extract(new_text)
-    if after.labels.get(finding) == 1 and _others_same(src.findings, after, finding, "labels"):
+    if new_text not in avoid and after.labels.get(finding) == 1 and \
+        _others_same(src.findings, after, finding, "labels"):
       return new_text, f"false finding: added {sentence!r} ({finding})"
   return None
 
@@ -282,7 +348,8 @@ def _negate_sentence(sentence: str, finding: str) -> str:
   return _NEGATED[finding]
 
 
-def _false_negation(src: _Labelled, rng: np.random.Generator) -> tuple[str, str] | None:
+def _false_negation(src: _Labelled, rng: np.random.Generator,
+                    avoid: frozenset[str] = frozenset()) -> tuple[str, str] | None:
   """Denies a finding the report states: every sentence stating it is rewritten as its negation."""
   for finding in _shuffled([f for f in _NEGATED if src.findings.labels.get(f) == 1], rng):
     edits = []
@@ -292,7 +359,8 @@ def _false_negation(src: _Labelled, rng: np.random.Generator) -> tuple[str, str]
       edits.append((start, end, lead + _negate_sentence(sentence[len(lead):].strip(), finding)))
     new_text = _edit(src.text, edits)
     after = labels_lib.extract(new_text)
-    if after.labels.get(finding) == 0 and _others_same(src.findings, after, finding, "labels"):
+    if new_text not in avoid and after.labels.get(finding) == 0 and \
+        _others_same(src.findings, after, finding, "labels"):
       return new_text, f"false negation: {finding} denied"
   return None
 
@@ -315,3 +383,80 @@ def hard_negative(text: str, rng: np.random.Generator, error_type: str | None = 
     if result is not None:
       return Variant(result[0], kind, result[1])
   return None
+
+
+def _weighted_order(types: Sequence[str], weights: Mapping[str, float] | None,
+                    rng: np.random.Generator) -> list[str]:
+  """`types` in a random order where heavier types tend to come first (weighted sampling without
+  replacement, Efraimidis-Spirakis keys u ** (1 / w)); weight 0 drops a type."""
+  w = np.array([1.0 if weights is None else float(weights.get(t, 0.0)) for t in types])
+  if (w < 0).any():
+    raise ValueError(f"error-type weights must be >= 0, got {dict(zip(types, w))}")
+  keys = rng.random(len(types)) ** (1.0 / np.maximum(w, 1e-12))
+  return [types[i] for i in np.argsort(-keys, kind="stable") if w[i] > 0]
+
+
+def restyled(text: str, found: Sequence[Variant], restyle: Callable[[str], str | None]) -> list[Variant]:
+  """One-error variants of `text` rewritten in the style of `restyle(text)` (abbreviated, shorthand).
+
+  A restyled variant is kept only if it still states what the variant states (re-labelled through
+  the expansion, so the error survived the rewrite) and differs from `restyle(text)` and from the
+  variants kept before it.
+  """
+  seen, out = {restyle(text)}, []
+  for v in found:
+    new = restyle(v.text)
+    if new is None or new in seen or meaning(new) != meaning(v.text):
+      continue
+    seen.add(new)
+    out.append(dataclasses.replace(v, text=new))
+  return out
+
+
+def hard_negatives(text: str, rng: np.random.Generator, n: int = 3, types: Sequence[str] = ERROR_TYPES,
+                   weights: Mapping[str, float] | None = None,
+                   restyle: Callable[[str], str | None] | None = None) -> list[Variant]:
+  """Up to `n` distinct one-error variants of `text`, of different error types where possible.
+
+  The MC4 form of the paper's error discrimination (the correct text vs three one-error variants),
+  and several hard negatives per training query. Types are tried in a random order drawn with
+  `weights` (type -> relative weight; missing or 0 excludes a type): one variant per type first;
+  when fewer than `n` types apply, further rounds draw other variants of the types that do (another
+  finding, another template) until `n` texts or a round that adds none.
+
+  Args:
+    types: the error types allowed (a subset of ERROR_TYPES).
+    weights: e.g. {"laterality": 1, "severity": 1, "false_negation": 1, "false_finding": 0.1} to
+      prefer one-word flips of a sentence, which are what an encoder learns one-word errors from
+      (a "false finding" adds a whole sentence); None weighs the given types equally.
+    restyle: when the caller pairs the variants with a rewrite of `text` (e.g. `reports.abbreviate`,
+      or `functools.partial(shorthand.telegraphic, seed=s)`), the errors are injected into `text`
+      and each variant is rewritten the same way (see `restyled`), so it differs from the rewrite
+      of `text` only where the error is.
+  """
+  unknown = set(types) - set(_INJECT)
+  if unknown:
+    raise ValueError(f"unknown error type(s) {sorted(unknown)}; known: {', '.join(ERROR_TYPES)}")
+  weights = None if weights is None else {t: weights.get(t, 0.0) for t in types}
+  src = _Labelled.of(text)
+  found: list[Variant] = []
+  seen = {text, restyle(text) if restyle is not None else text}
+  raw = {text}  # the variants found so far: each injector looks for another one
+  for _ in range(n):
+    added = False
+    for kind in _weighted_order(list(types), weights, rng):
+      if len(found) == n:
+        break
+      result = _INJECT[kind](src, rng, frozenset(raw))
+      if result is None:
+        continue
+      raw.add(result[0])
+      new = result[0] if restyle is None else restyle(result[0])
+      if new is None or new in seen or (restyle is not None and meaning(new) != meaning(result[0])):
+        continue
+      seen.add(new)
+      found.append(Variant(new, kind, result[1]))
+      added = True
+    if len(found) == n or not added:
+      break
+  return found

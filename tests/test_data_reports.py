@@ -208,3 +208,81 @@ class TestAugment:
     out = reports.augment("No PTX. Heart normal. Lungs clear.", np.random.default_rng(1), shuffle_p=1.0, abbrev_p=1.0,
                           drop_section_p=1.0)
     assert sorted(reports.split_sentences(out)) == ["Heart normal.", "Lungs clear.", "No pneumothorax."]
+
+
+class TestLexicon:
+
+  def test_size_and_bijection(self):
+    table = reports.ABBREVIATIONS
+    assert len(table) >= 200
+    abbreviations = [reports._key(a) for a, _ in table]
+    expansions = [reports._key(e) for _, e in table]
+    assert len(set(abbreviations)) == len(table), "an abbreviation with two expansions"
+    assert len(set(expansions)) == len(table), "an expansion with two abbreviations"
+    assert not set(abbreviations) & set(expansions), "a term that is both an abbreviation and an expansion"
+    assert set(reports.ACRONYMS).isdisjoint(reports.SHORTHAND)
+
+  def test_phrases_agree_with_their_words(self):
+    # "pl eff" must expand as "pl" and "eff" do, or contracting word by word would change it.
+    words = {reports._key(a): reports._key(e) for a, e in reports.ABBREVIATIONS}
+    for abbr, expansion in reports.ABBREVIATIONS:
+      parts = reports._key(abbr).split()
+      if len(parts) > 1 and all(p in words for p in parts):
+        assert " ".join(words[p] for p in parts) == reports._key(expansion), abbr
+
+  @pytest.mark.parametrize("text, short", [
+      ("There is a small right pleural effusion.", "There is a sm R pl eff."),
+      ("Moderate left pleural effusions with bibasilar atelectasis.", "Mod L pl effs w/ bibas atx."),
+      ("Heart size normal. No pneumothorax.", "Heart size nl. No PTX."),
+      ("The cardiomediastinal silhouette is within normal limits.", "The CMS is WNL."),
+      ("Status post coronary artery bypass graft with no interval change.", "S/p CABG w/ NIC."),
+      ("Large right lower lobe consolidation, unchanged.", "Lg RLL consol, unchg."),
+      ("Posteroanterior and lateral views of the chest.", "PA and lat views of the chest."),
+      ("Increased anteroposterior diameter.", "Incr AP diameter."),
+      ("Right internal jugular catheter tip in the superior vena cava.", "RIJ catheter tip in the SVC."),
+      ("Elevated left hemidiaphragm, history of pneumonia.", "Elev L hemidiaph, h/o PNA."),
+      ("Small left costophrenic angle blunting.", "Sm L CP angle blunting."),
+  ])
+  def test_round_trip(self, text, short):
+    assert reports.abbreviate(text) == short
+    assert reports.expand(short) == text
+    assert reports.abbreviate(reports.expand(short)) == short
+
+  def test_existing_abbreviations_are_made_canonical(self):
+    assert reports.abbreviate("Right IJ line; no ptx.") == "RIJ line; no PTX."
+    assert reports.expand("R PTX. s/p PICC. (Sm L eff)") == (
+        "Right pneumothorax. status post peripherally inserted central catheter. (Small left effusion)")
+
+  @pytest.mark.parametrize("text", [
+      "L1 vertebra and L5-S1 disc.", "T4-L1 fusion.", "Left in place.", "Right and left lungs.",
+      "right-sided arch", "The model is modest and smaller.", "Smooth margins.", "Latissimus", "Antero",
+      "main PA enlarged", "PE", "CT", "1 cm", "HD catheter", "PT and MOD", "Ett", "sob", "Grade A, type L",
+  ])
+  def test_no_false_matches(self, text):
+    # Single letters, ambiguous shorthand and words that contain an abbreviation stay as they are.
+    assert reports.expand(text) == text
+    assert reports.swap_abbreviations(text, direction="expand", lexicon="all") == text
+
+  def test_context_rules(self):
+    assert reports.expand("the AP window") == "the aortopulmonary window"  # its own entry, not "anteroposterior"
+    assert reports.expand("R/O PNA") == "Rule out pneumonia"
+    assert reports.expand("L lung, R base, L PICC") == (
+        "Left lung, right base, left peripherally inserted central catheter")
+    assert reports.abbreviate("left upper extremity; right heart border") == "L upper extremity; R heart border"
+    assert reports.abbreviate("The tube was left in the right chest.") == "The tube was left in the R chest."
+
+  def test_lexicons(self):
+    text = "Small left PTX."
+    assert reports.swap_abbreviations(text) == "Small left pneumothorax."  # default: acronyms only
+    assert reports.swap_abbreviations(text, lexicon="shorthand") == "Sm L PTX."
+    assert reports.swap_abbreviations(text, lexicon="all") == "Sm L pneumothorax."
+    with pytest.raises(ValueError, match="unknown abbreviation lexicon"):
+      reports.swap_abbreviations(text, lexicon="slang")
+
+  def test_real_reports_round_trip(self, asset):
+    from data_pipelines import demo, labels
+    for study in demo.demo_studies(asset("iu_reports"))[::25]:
+      text = study.report.tagged()
+      short = reports.abbreviate(text)
+      assert reports.abbreviate(reports.expand(short)) == short
+      assert labels.extract(reports.expand(short)) == labels.extract(reports.expand(text))
