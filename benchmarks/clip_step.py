@@ -34,8 +34,8 @@ from configs import llm2clip
 from cxrclip_jax.export import hf, vision_hf
 from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.clip import ClipConfig, DualTower
-from cxrclip_jax.train.clip_setup import vision_config
-from cxrclip_jax.train.clip_step import make_train_step
+from cxrclip_jax.tasks.clip_setup import vision_config
+from cxrclip_jax.tasks.clip_loss import make_train_step
 from cxrclip_jax.train.state import TrainState, split
 from cxrclip_jax import optim
 from data_pipelines import assets

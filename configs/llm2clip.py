@@ -27,6 +27,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   if arg not in ("demo", "mimic", "tiny"):
     raise ValueError(f"unknown config variant {arg!r}: demo | mimic | tiny")
   c = ml_collections.ConfigDict()
+  c.task = "clip"
   c.variant = arg
   c.seed = 0
 

@@ -25,11 +25,11 @@ def main(argv):
   from cxrclip_jax import host_memory
   from cxrclip_jax.checkpoint import CheckpointError
   host_memory.keep_freed_memory()
-  from cxrclip_jax.train import clip_trainer
+  from cxrclip_jax import tasks
   try:
-    run, step = clip_trainer.load_run(workdir, _STEP.value)
+    run, step = tasks.load(workdir, _STEP.value)
     results = run.evaluate(step)
-  except (clip_trainer.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
+  except (tasks.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 1
   latest = step == run.checkpointer.all_steps()[-1]

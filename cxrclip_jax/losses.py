@@ -71,12 +71,24 @@ def siglip_loss(logits: jax.Array, positives: jax.Array | None = None) -> jax.Ar
 
 
 def hard_negative_infonce(query: jax.Array, positive: jax.Array, negative: jax.Array | None = None,
-                          scale: float = 20.0) -> jax.Array:
+                          scale: float = 20.0, negative_valid: jax.Array | None = None) -> jax.Array:
   """llm2vec's HardNegativeNLLLoss: cosine(query, [positives; hard negatives]) x scale, cross-entropy
-  with query i's target at column i. Inputs (B, D) global arrays: every query sees every device's
-  candidates, as llm2vec's all-gather does."""
-  cands = positive if negative is None else jnp.concatenate([positive, negative], axis=0)
+  with query i's target at column i. Inputs are global arrays, so every query sees every device's
+  candidates, as llm2vec's all-gather does.
+
+  query, positive: (B, D); negative: (B, D), or (B, n, D) for n hard negatives per query (each is
+  a candidate for every query, as in llm2vec's concatenation); negative_valid: bool like
+  negative's leading dims, False for padding negatives (never scored).
+  """
   norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
-  scores = norm(query.astype(jnp.float32)) @ norm(cands.astype(jnp.float32)).T * scale  # (B, B or 2B)
-  labels = jnp.arange(query.shape[0])
-  return cross_entropy(scores, labels)[0]
+  b, d = query.shape
+  cands = positive
+  valid = jnp.ones((b,), bool)
+  if negative is not None:
+    negative = negative.reshape(-1, d)
+    cands = jnp.concatenate([positive, negative], axis=0)
+    nv = jnp.ones((negative.shape[0],), bool) if negative_valid is None else negative_valid.reshape(-1)
+    valid = jnp.concatenate([valid, nv])
+  scores = norm(query.astype(jnp.float32)) @ norm(cands.astype(jnp.float32)).T * scale  # (B, B + B*n)
+  scores = jnp.where(valid[None, :], scores, -1e9)
+  return cross_entropy(scores, jnp.arange(b))[0]

@@ -1,5 +1,7 @@
 """Entry point: python -m cxrclip_jax.main --config=configs/llm2clip.py[:variant] --workdir=DIR
 
+Dispatches on `config.task` (cxrclip_jax/tasks): clip, or llm2vec4cxr (configs/llm2vec4cxr.py).
+
 Config fields can be overridden on the command line (--config.train.epochs=3). On multi-host
 TPU pods and SLURM clusters `jax.distributed` is initialized from the environment (see launch/).
 """
@@ -39,12 +41,12 @@ def main(argv):
 
   from cxrclip_jax.checkpoint import CheckpointError
   from cxrclip_jax.export.keymap import KeyMismatchError
-  from cxrclip_jax.train import clip_trainer
+  from cxrclip_jax import tasks
   from data_pipelines.prepare import PrepareError
   from data_pipelines.assets import AssetError
   try:
-    clip_trainer.train_and_evaluate(config, _WORKDIR.value)
-  except (clip_trainer.TrainingError, CheckpointError, KeyMismatchError, PrepareError, AssetError,
+    tasks.run(config, _WORKDIR.value)
+  except (tasks.TrainingError, CheckpointError, KeyMismatchError, PrepareError, AssetError,
           FileNotFoundError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 1

@@ -42,6 +42,13 @@ _EOS_SUFFIX = {"llama": " </s>", "mistral": " </s>", "gemma": "<eos>", "qwen2": 
 _LLAMA3_BASE = "meta-llama/Meta-Llama-3-8B"  # llm2vec's one name-keyed eos marker
 
 
+def resolve_wrapper(wrapper: str, name_or_path: str) -> str:
+  """The concrete wrapper `wrapper` means for a model called `name_or_path` ("auto": llm2vec's rule)."""
+  if wrapper not in WRAPPER_CHOICES:
+    raise ValueError(f"unknown wrapper {wrapper!r}; choose one of {', '.join(WRAPPER_CHOICES)}")
+  return _AUTO_WRAPPER.get(name_or_path, "none") if wrapper == "auto" else wrapper
+
+
 def load_hf_tokenizer(model_dir: str | pathlib.Path) -> DirTokenizer:
   """The directory's own tokenizer.json, configured as llm2vec configures it: pad = eos."""
   tok = DirTokenizer(model_dir)
@@ -92,9 +99,7 @@ class Llm2VecTokenizer:
 
   def prepare(self, joined: str) -> str:
     """llm2vec's `prepare_for_tokenization`: chat wrapper and eos suffix on the joined string."""
-    if self.wrapper not in WRAPPER_CHOICES:
-      raise ValueError(f"unknown wrapper {self.wrapper!r}; choose one of {', '.join(WRAPPER_CHOICES)}")
-    wrapper = _AUTO_WRAPPER.get(self.name_or_path, "none") if self.wrapper == "auto" else self.wrapper
+    wrapper = resolve_wrapper(self.wrapper, self.name_or_path)
     if wrapper != "none":
       prefix, suffix = WRAPPERS[wrapper]
       joined = prefix + joined.strip() + suffix

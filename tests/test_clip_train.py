@@ -9,8 +9,9 @@ import pytest
 import data_fixtures as fx
 import hf_tiny
 from configs import llm2clip
-from cxrclip_jax import optim
-from cxrclip_jax.train import clip_setup, clip_trainer, text_cache
+from cxrclip_jax import checkpoint, optim, sharding, tasks
+from cxrclip_jax.tasks import clip, clip_setup, text_cache
+from cxrclip_jax.train import loop
 from data_pipelines import prepare
 
 
@@ -40,15 +41,20 @@ def tiny_config(dataset, llm_dir, **overrides):
   return c
 
 
+def _setup(config, workdir, devices=None):
+  mesh = sharding.make_mesh(dict(config.mesh), devices)
+  return loop.setup(config, workdir, clip.build(config, workdir, mesh), mesh)
+
+
 def _after_steps(config, workdir, devices, n=2):
   """(params, per-step metrics) after n steps of the trainer's own step on the given devices."""
-  run = clip_trainer.setup(config, workdir, devices=devices)
-  it = iter(run.train_data)
+  run = _setup(config, workdir, devices)
+  it = run.task.train_data(0)
   logs = []
-  with clip_trainer.sharding.activate(run.mesh):
+  with sharding.activate(run.mesh):
     state = run.state
     for _ in range(n):
-      state, m = run.train_step(state, run.frozen, clip_setup.device_batch(next(it), run.train_table, run.mesh))
+      state, m = run.train_step(state, run.frozen, run.task.device_batch(next(it)))
       logs.append({k: float(v) for k, v in jax.device_get(m).items()})
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params), logs
 
@@ -77,14 +83,13 @@ def test_steps_on_8_devices_equal_1_device(dataset, llm_dir, tmp_path, mode, mes
 
 
 def _final_params(config, workdir):
-  run = clip_trainer.setup(config, workdir)
-  clip_trainer.restore(run, run.checkpointer.latest_step())
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), run.state.params), run.checkpointer.latest_step()
+  run, step = tasks.load(workdir)
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), run.state.params), step
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(dataset, llm_dir, tmp_path, monkeypatch):
   config = tiny_config(dataset, llm_dir, **{"train.steps": 6, "train.checkpoint_every": 3, "data.workers": 2})
-  clip_trainer.train_and_evaluate(config, tmp_path / "straight")
+  tasks.run(config, tmp_path / "straight")
   expected, step = _final_params(config, tmp_path / "straight")
   assert step == 6
 
@@ -97,9 +102,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(dataset, llm_dir, tmp_path
     return real(*args, **kw)
   monkeypatch.setattr(clip_setup, "device_batch", crash_after_four)
   with pytest.raises(KeyboardInterrupt):
-    clip_trainer.train_and_evaluate(config, tmp_path / "resumed")
+    tasks.run(config, tmp_path / "resumed")
   monkeypatch.setattr(clip_setup, "device_batch", real)
-  clip_trainer.train_and_evaluate(config, tmp_path / "resumed")  # resumes from step 3
+  tasks.run(config, tmp_path / "resumed")  # resumes from step 3
   got, step = _final_params(config, tmp_path / "resumed")
   assert step == 6
   for (path, a), b in zip(jax.tree.leaves_with_path(expected), jax.tree.leaves(got)):
@@ -109,7 +114,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(dataset, llm_dir, tmp_path
 def test_loss_falls_and_metrics_are_written(dataset, llm_dir, tmp_path):
   config = tiny_config(dataset, llm_dir, **{"train.steps": 30, "train.log_every": 5, "optim.lr": 3e-3,
                                             "train.checkpoint_every": 0})
-  results = clip_trainer.train_and_evaluate(config, tmp_path)
+  results = tasks.run(config, tmp_path)
   log = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
   assert np.mean([r["loss"] for r in log[-2:]]) < 0.7 * log[0]["loss"]
@@ -154,8 +159,8 @@ def _log(workdir):
 def test_accumulation_logs_the_schedule_in_updates(dataset, llm_dir, tmp_path):
   """With accum_steps=2 the run takes as many optimizer updates, at the same rates, as with 1."""
   base = {"train.steps": 6, "train.log_every": 1, "optim.warmup_steps": 3, "train.checkpoint_every": 0}
-  clip_trainer.train_and_evaluate(tiny_config(dataset, llm_dir, **base), tmp_path / "k1")
-  clip_trainer.train_and_evaluate(tiny_config(dataset, llm_dir, **base, **{"optim.accum_steps": 2}), tmp_path / "k2")
+  tasks.run(tiny_config(dataset, llm_dir, **base), tmp_path / "k1")
+  tasks.run(tiny_config(dataset, llm_dir, **base, **{"optim.accum_steps": 2}), tmp_path / "k2")
   lr1, lr2 = [r["lr"] for r in _log(tmp_path / "k1")], [r["lr"] for r in _log(tmp_path / "k2")]
   expected = optim.schedule(2e-3, 6, 3)
   np.testing.assert_allclose(lr1, [float(expected(s)) for s in range(6)], rtol=1e-6)  # update s used schedule(s-1)
@@ -173,9 +178,9 @@ def test_non_finite_state_is_never_checkpointed(dataset, llm_dir, tmp_path, monk
       batch = dict(batch, image=np.full_like(batch["image"], np.nan))
     return real(batch, *args, **kw)
   monkeypatch.setattr(clip_setup, "device_batch", poisoned)
-  with pytest.raises(clip_trainer.TrainingError, match=r"at step [34]; nothing was saved after step 2"):
-    clip_trainer.train_and_evaluate(config, tmp_path)
-  assert clip_trainer.checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
+  with pytest.raises(tasks.TrainingError, match=r"at step [34]; nothing was saved after step 2"):
+    tasks.run(config, tmp_path)
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
 
 
 @pytest.mark.parametrize("overrides", [{"clip.loss": "siglip", "optim.lr": 3e-3},
@@ -184,11 +189,11 @@ def test_non_finite_state_is_never_checkpointed(dataset, llm_dir, tmp_path, monk
 def test_other_loss_similarity_and_adapter_paths_train(dataset, llm_dir, tmp_path, overrides):
   config = tiny_config(dataset, llm_dir, **{"train.steps": 30, "train.log_every": 5, "train.checkpoint_every": 0,
                                             **overrides})
-  results = clip_trainer.train_and_evaluate(config, tmp_path)
+  results = tasks.run(config, tmp_path)
   log = _log(tmp_path)
   assert all(np.isfinite(r["loss"]) for r in log)
   assert np.mean([r["loss"] for r in log[-2:]]) < 0.9 * log[0]["loss"], [r["loss"] for r in log]
-  run = clip_trainer.setup(config, tmp_path / "again")
+  run = _setup(config, tmp_path / "again")
   if overrides.get("clip.loss") == "siglip":
     assert "logit_bias" in run.state.params
   if overrides.get("clip.adapter") == "mlp":
@@ -201,15 +206,15 @@ def test_latent_attention_sizes_come_from_config_and_checkpoint(dataset, llm_dir
   from cxrclip_jax.export import hf
   module, params, _ = hf.load_text_encoder(llm_dir)
   enc = hf.TextEncoder(module.config, pooling="latent_attention", num_latents=16, latent_heads=4)
-  full = jax.tree.map(np.asarray, clip_trainer.sharding.nn.unbox(
+  full = jax.tree.map(np.asarray, sharding.nn.unbox(
       enc.init(jax.random.key(0), *hf._dummy_text_inputs())["params"]))
   full["model"] = params["model"]
   src = hf.save_text_encoder(tmp_path / "latent16", module.config, full, tokenizer_dir=llm_dir,
                              pooling="latent_attention", latent_heads=4)
   lora = {"text.mode": "lora", "text.model_dir": str(src), "text.pooling": "latent_attention"}
-  run = clip_trainer.setup(tiny_config(dataset, llm_dir, **lora), tmp_path / "w")  # sizes from the checkpoint
+  run = _setup(tiny_config(dataset, llm_dir, **lora), tmp_path / "w")  # sizes from the checkpoint
   assert run.state.params["text_encoder"]["latent_attn"]["latents"].shape == (16, module.config.hidden_size)
-  assert run.model.clip.latent_heads == 4
+  assert run.task.model.clip.latent_heads == 4
   for key, value, found in (("num_latents", 32, 16), ("latent_heads", 8, 4)):
     with pytest.raises(ValueError, match=f"{key}={value} but .* holds {found}"):
-      clip_trainer.setup(tiny_config(dataset, llm_dir, **lora, **{f"text.{key}": value}), tmp_path / key)
+      _setup(tiny_config(dataset, llm_dir, **lora, **{f"text.{key}": value}), tmp_path / key)

@@ -11,7 +11,7 @@ from cxrclip_jax import losses, optim
 from cxrclip_jax.models.clip import MAX_LOG_SCALE, ClipConfig, DualTower
 from cxrclip_jax.models.llm_encoder import LlmConfig, LlmForMNTP
 from cxrclip_jax.models.vision import VitConfig
-from cxrclip_jax.train import clip_step
+from cxrclip_jax.tasks import clip_loss as clip_step
 from cxrclip_jax.train.state import TrainState
 from cxrclip_jax.train.step import accumulated_grads, make_train_step
 

@@ -202,7 +202,7 @@ def test_sharded_forward_equals_single_device(hf_dirs, case):
 def test_demo_config_shapes():
   """The tower `make demo` trains, built from configs/llm2clip.py as the trainer builds it."""
   from configs import llm2clip
-  from cxrclip_jax.train import clip_setup
+  from cxrclip_jax.tasks import clip_setup
   config = llm2clip.get_config("demo")
   demo = clip_setup.vision_config(config)
   v, s = config.vision, config.data.image_size

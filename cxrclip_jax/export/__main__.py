@@ -22,9 +22,8 @@ def export(run, output: pathlib.Path) -> None:
   import jax
   import numpy as np
   from cxrclip_jax.export import hf, keymap, safetensors_io, vision_hf
-  from cxrclip_jax.train.state import merge
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), merge(run.state.params, run.frozen))
-  config, model = run.config, run.model
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), run.params())
+  config, model = run.config, run.task.model
   vision_hf.save_vision_tower(output / "vision", model.vision, params["vision_model"])
   if "text_encoder" in params:
     from data_pipelines import assets
@@ -54,11 +53,11 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from cxrclip_jax.checkpoint import CheckpointError
-  from cxrclip_jax.train import clip_trainer
+  from cxrclip_jax import tasks
   try:
-    run, _ = clip_trainer.load_run(_WORKDIR.value, _STEP.value)
+    run, _ = tasks.load(_WORKDIR.value, _STEP.value)
     export(run, pathlib.Path(_OUTPUT.value))
-  except (clip_trainer.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
+  except (tasks.TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr)
     return 1
   print(f"exported to {_OUTPUT.value}")

@@ -165,15 +165,23 @@ def load_text_encoder(model_dir, *, pooling: str = "mean", is_causal: bool = Fal
   return module, params, ignored
 
 
-def load_mntp(model_dir, *, dtype: str = "float32", **config_overrides):
-  """(LlmForMNTP module, numpy params): base model plus LM head (tied heads reuse embed_tokens)."""
-  config = LlmConfig.from_hf(read_config(model_dir), is_causal=False, dtype=dtype, **config_overrides)
+def load_mntp(model_dir, *, dtype: str = "float32", num_layers: int | None = None, **config_overrides):
+  """(LlmForMNTP module, numpy params): base model plus LM head (tied heads reuse embed_tokens).
+  num_layers: keep only the first N decoder layers, as in `load_text_encoder`."""
+  hf_config = read_config(model_dir)
+  if num_layers is not None:
+    if not 0 < num_layers <= hf_config["num_hidden_layers"]:
+      raise ValueError(f"num_layers={num_layers} is not in [1, {hf_config['num_hidden_layers']}]")
+    config_overrides["num_hidden_layers"] = num_layers
+  config = LlmConfig.from_hf(hf_config, is_causal=False, dtype=dtype, **config_overrides)
   tensors = read_weights(model_dir)
   module = LlmForMNTP(config)
   prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
   ids = jnp.zeros((1, 4), jnp.int32)
   shapes = abstract_shapes(module, ids, jnp.ones_like(ids))
   optional = [r"lm_head\.weight"] if config.tie_word_embeddings else []
+  optional += [re.escape(prefix) + rf"layers\.{i}\..*" for i in range(config.num_hidden_layers,
+                                                                    hf_config["num_hidden_layers"])]
   params, _ = keymap.to_flax(tensors, _table(prefix, False, not config.tie_word_embeddings), shapes,
                              optional=optional)
   return module, params
@@ -203,7 +211,8 @@ def _write_weights(out_dir: pathlib.Path, tensors: dict[str, np.ndarray], max_sh
 
 def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None, pooling: str = "mean",
                       lora: lora_lib.LoraConfig | None = None, max_length: int = 512,
-                      latent_heads: int = DEFAULT_LATENT_HEADS, max_shard_bytes: int = 4 << 30) -> pathlib.Path:
+                      latent_heads: int = DEFAULT_LATENT_HEADS, bidirectional: bool = True,
+                      max_shard_bytes: int = 4 << 30) -> pathlib.Path:
   """Writes an HF directory: base-model keys in model.safetensors (params' dtype), LoRA merged,
   latent-attention weights (if any) in pooling.safetensors, tokenizer files copied over."""
   out_dir = pathlib.Path(out_dir)
@@ -221,7 +230,9 @@ def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None,
   hf = config.to_hf()
   hf.update(torch_dtype=dtype, dtype=dtype)
   (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-  sidecar = {"pooling_mode": pooling, "max_length": max_length, "skip_instruction": True}
+  # llm2vec's keys, plus the attention direction the weights were trained with.
+  sidecar = {"pooling_mode": pooling, "max_length": max_length, "doc_max_length": 400, "skip_instruction": True,
+             "bidirectional": bidirectional}
   if latent:  # the head count is not recoverable from the weights
     sidecar["latent_heads"] = latent_heads
   (out_dir / LLM2VEC_CONFIG).write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -1,7 +1,7 @@
-"""The CLIP loss and its jitted step (train/step.py): (state, frozen, batch) -> (state, metrics)."""
+"""The CLIP stage's loss: (trainable, frozen, batch, rng) -> (loss, aux), and its step for tests
+and benchmarks (the trainer builds the same step through train/loop.py)."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -35,15 +35,16 @@ def clamp_scale_in_place(params):
   return {**params, "logit_scale": clamp_log_scale(params["logit_scale"])}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss: str = "infonce",
-                    multi_positive: bool = True, label_smoothing: float = 0.0, accum_steps: int = 1):
-  mode = model.clip.similarity
-
+def temperature_metric(similarity_mode: str):
   def temperature(params, frozen):
     log_scale = params["logit_scale"] if "logit_scale" in params else frozen["logit_scale"]
-    return {"temperature": 1.0 / logit_scale(log_scale, mode)}
+    return {"temperature": 1.0 / logit_scale(log_scale, similarity_mode)}
+  return temperature
 
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule, *, loss: str = "infonce",
+                    multi_positive: bool = True, label_smoothing: float = 0.0, accum_steps: int = 1):
   return make_generic_step(make_loss_fn(model, loss=loss, multi_positive=multi_positive,
                                         label_smoothing=label_smoothing),
                            tx, schedule, accum_steps=accum_steps, post_update=clamp_scale_in_place,
-                           extra_metrics=temperature)
+                           extra_metrics=temperature_metric(model.clip.similarity))

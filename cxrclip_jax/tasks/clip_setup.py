@@ -1,6 +1,6 @@
 """What the CLIP trainer (and `evaluate`) build from a config: data dirs, text side, model, params.
 
-Kept apart from clip_trainer.py so that the trainer reads as a short top-to-bottom story and the
+Kept apart from tasks/clip.py so that the stage reads as a short top-to-bottom story and the
 evaluate CLI rebuilds exactly the same model.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.clip import ClipConfig, DualTower
 from cxrclip_jax.models.llm_encoder import LlmConfig, check_token_ids
 from cxrclip_jax.models.vision import VitConfig
-from cxrclip_jax.train import text_cache
+from cxrclip_jax.tasks import text_cache
 from data_pipelines import assets, pipelines, prepare
 from data_pipelines.tokenization import Llm2VecTokenizer
 

@@ -1,0 +1,173 @@
+"""The training loop of every stage, top to bottom: params created sharded -> pretrained weights ->
+trainable/frozen split -> optimizer and jitted step -> resume -> loop (step, log and non-finite
+check, checkpoint, evaluators) -> final evaluation and metrics.json -> export.
+
+Everything stage-specific comes from a `Task` (train/task.py). The workdir holds config.json,
+checkpoints/ (trainable params, optimizer state and, for Grain data, the iterator state),
+train_log.jsonl, metrics.json and, when the task exports, export/.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from cxrclip_jax import checkpoint, optim, sharding
+from cxrclip_jax.train.state import TrainState, merge, split
+from cxrclip_jax.train.step import make_train_step
+from cxrclip_jax.train.task import Task, TrainingError
+
+
+@dataclasses.dataclass
+class Run:
+  config: Any
+  workdir: pathlib.Path
+  mesh: Any
+  task: Task
+  state: TrainState
+  frozen: dict
+  train_step: Any
+  checkpointer: checkpoint.Checkpointer
+
+  def params(self) -> dict:
+    return merge(self.state.params, self.frozen)
+
+  def evaluate(self, step: int) -> dict:
+    if self.task.evaluate is None:
+      return {}
+    results = self.task.evaluate(self.params(), step)
+    if jax.process_index() == 0:
+      for name, m in results.items():
+        print(self.task.format_metrics(f"{name} (step {step})", m), flush=True)
+    return results
+
+
+def setup(config, workdir, task: Task, mesh) -> Run:
+  """Params (created sharded, then overwritten by pretrained weights), optimizer, step, checkpointer."""
+  variables, shardings = sharding.init_sharded(task.init_fn, mesh)
+  params = task.load_pretrained(variables["params"], shardings["params"])
+  trainable, frozen = split(params, optim.trainable_mask(params, task.param_groups))
+  if not jax.tree.leaves(trainable):
+    raise TrainingError("optim.groups freeze every parameter; nothing would train")
+  o = config.optim
+  tx, lr_schedule = optim.build(trainable, lr=o.lr, total_steps=task.total_steps, warmup_steps=o.warmup_steps,
+                                weight_decay=o.weight_decay, b1=o.get("b1", 0.9), b2=o.b2, eps=o.get("eps", 1e-6),
+                                grad_clip=o.grad_clip, groups=task.param_groups, layer_decay=task.layer_decay)
+  state = sharding.on_mesh(TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                                      opt_state=jax.jit(tx.init)(trainable),
+                                      rng=jax.random.key_data(jax.random.key(config.seed + 1))), mesh)
+  step = make_train_step(task.loss_fn, tx, lr_schedule, accum_steps=o.accum_steps, post_update=task.post_update,
+                         extra_metrics=task.extra_metrics)
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
+                                 every=config.train.checkpoint_every)
+  if jax.process_index() == 0:
+    count = lambda t: sum(x.size for x in jax.tree.leaves(t)) / 1e6
+    print(f"{task.name}: {task.describe}{'; ' if task.describe else ''}params {count(trainable):.2f}M trainable, "
+          f"{count(frozen):.2f}M frozen; {task.total_steps} steps of {task.global_batch} on "
+          f"{jax.device_count()} devices", flush=True)
+  return Run(config, pathlib.Path(workdir), mesh, task, state, frozen, step, ckpt)
+
+
+def restore(run: Run, step: int, data_iterator=None) -> None:
+  """Loads the train state (and a Grain iterator, in place) of a checkpointed step into `run`."""
+  shardings = jax.tree.map(lambda x: x.sharding, run.state.checkpointed())
+  restored = run.checkpointer.restore(step, checkpoint.abstract_like(run.state.checkpointed(), shardings),
+                                      data_iterator)
+  run.state = TrainState(**restored)
+
+
+@contextlib.contextmanager
+def _finish_saves_on_error(checkpointer):
+  """On any error in the loop, let Orbax finish the saves already started, so the last good
+  checkpoint is complete on disk before the run stops."""
+  try:
+    yield
+  except BaseException:
+    checkpointer.wait()
+    raise
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
+  workdir = pathlib.Path(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:  # `evaluate` and `export` rebuild the run from this
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+  run = setup(config, workdir, task, mesh)
+
+  # Resume from the latest checkpoint (train state and, for Grain data, the iterator together).
+  latest = run.checkpointer.latest_step()
+  train_iter = task.train_data(0) if task.data_in_checkpoint else None
+  if latest is not None:
+    restore(run, latest, train_iter)
+    print(f"resumed from step {latest} ({run.checkpointer.directory})", flush=True)
+  start = int(run.state.step)
+  if train_iter is None:
+    train_iter = task.train_data(start)  # step-indexed data: the step is the whole data state
+
+  # The loop: metrics fetched every log_every steps and before every save (the only host syncs).
+  c = config.train
+  all_finite = jax.jit(_all_finite)
+  last_time, last_step = time.perf_counter(), start
+  bar = tqdm.tqdm(total=task.total_steps, initial=start, desc=task.name, unit="step", disable=not is_main)
+  with sharding.activate(run.mesh), _finish_saves_on_error(run.checkpointer):
+    for step in range(start + 1, task.total_steps + 1):
+      batch = task.device_batch(next(train_iter))
+      run.state, metrics = run.train_step(run.state, run.frozen, batch)
+      save = step == task.total_steps or run.checkpointer.due(step)
+      logged = step % c.log_every == 0 or step == task.total_steps
+      if logged or save:  # a checkpoint is never written unchecked
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+        if bad or (save and not bool(all_finite(run.state.params))):
+          what = f"{bad[0]} became {metrics[bad[0]]}" if bad else "the params became non-finite"
+          raise TrainingError(f"{what} at step {step}; nothing was saved after step "
+                              f"{run.checkpointer.latest_step() or 0}. Lower optim.lr or check the data")
+      if logged:
+        now = time.perf_counter()
+        metrics.update(step=step, examples_per_s=(step - last_step) * task.global_batch / (now - last_time))
+        last_time, last_step = now, step
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_s']:.0f}")
+        if is_main:
+          with open(workdir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+      bar.update(1)
+      run.checkpointer.maybe_save(step, run.state.checkpointed(), train_iter if task.data_in_checkpoint else None,
+                                  force=save)
+      if c.eval_every and step % c.eval_every == 0 and step != task.total_steps:
+        _write_metrics(workdir, run.evaluate(step), step, is_main, final=False)
+  bar.close()
+  close = getattr(train_iter, "close", None)
+  if close is not None:
+    close()  # stops Grain's worker processes now rather than at garbage collection
+  run.checkpointer.wait()
+
+  results = run.evaluate(int(run.state.step))
+  _write_metrics(workdir, results, int(run.state.step), is_main, final=True)
+  if task.export is not None:
+    task.export(run.params(), workdir / "export")
+  run.checkpointer.close()
+  return results
+
+
+def _write_metrics(workdir: pathlib.Path, results: dict, step: int, is_main: bool, final: bool) -> None:
+  """metrics.json at the end; every evaluation also appended to eval_log.jsonl (stage by stage)."""
+  if not is_main or not results:
+    return
+  with open(workdir / "eval_log.jsonl", "a") as f:
+    f.write(json.dumps({"step": step, **results}, sort_keys=True) + "\n")
+  if final:
+    (workdir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"metrics written to {workdir / 'metrics.json'}", flush=True)
