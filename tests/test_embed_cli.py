@@ -82,3 +82,74 @@ def test_tokenizer_beyond_the_embedding_table_is_one_line_error(tmp_path):
   code, _, stderr = run_embed(f"--model_dir={model_dir}", f"--input={inp}", f"--output={tmp_path / 'e.npy'}")
   assert code == 1 and stderr.count("\n") == 1, stderr
   assert "outside the embedding table of 40 rows" in stderr and not (tmp_path / "e.npy").exists()
+
+
+def _with_llm2vec_config(model_dir, out, config):
+  """A copy of model_dir declaring `config` in its llm2vec_config.json."""
+  import shutil
+  shutil.copytree(model_dir, out)
+  (out / "llm2vec_config.json").write_text(json.dumps(config))
+  return out
+
+
+DECLARED = {"pooling_mode": "weighted_mean", "max_length": 6, "doc_max_length": 400, "skip_instruction": True,
+            "bidirectional": False}
+LONG_TEXTS = ["Small left pleural effusion with adjacent atelectasis and no pneumothorax.",
+              "Cardiomegaly. Mild pulmonary vascular congestion, no focal consolidation."]
+
+
+def test_directory_settings_are_the_default_and_flags_override_them(model_dir, tmp_path):
+  from cxrclip_jax import embed
+  declared = _with_llm2vec_config(model_dir, tmp_path / "declared", DECLARED)
+  inp = _jsonl(tmp_path / "t.jsonl", [json.dumps({"text": t}) for t in LONG_TEXTS])
+
+  def cli(name, *flags):
+    code, stdout, stderr = run_embed(f"--model_dir={declared}", f"--input={inp}", f"--output={tmp_path / name}",
+                                     *flags)
+    assert code == 0, stderr
+    return np.load(tmp_path / name), stdout
+
+  def ref(name, **settings):  # the plain directory told everything explicitly
+    return embed.embed_file(str(model_dir), inp, str(tmp_path / name), **settings)
+
+  from_dir, stdout = cli("dir.npy")
+  assert "pooling weighted_mean, causal, max_length 6" in stdout
+  np.testing.assert_allclose(from_dir, ref("r1.npy", pooling="weighted_mean", bidirectional=False, max_length=6),
+                             atol=1e-5)
+  plain = ref("r2.npy", pooling="mean", bidirectional=True, max_length=512)
+  assert np.abs(plain - from_dir).max() > 1e-3  # the settings matter for these texts
+  # Every flag given overrides the file, even where it equals the flag's default.
+  overridden, stdout = cli("over.npy", "--pooling=mean", "--bidirectional=true", "--max_length=512")
+  assert "pooling mean, bidirectional, max_length 512" in stdout
+  np.testing.assert_allclose(overridden, plain, atol=1e-5)
+  # One flag overrides only itself: causal weighted-mean from the file, the full length from the flag.
+  partly, stdout = cli("partly.npy", "--max_length=512")
+  assert "pooling weighted_mean, causal, max_length 512" in stdout
+  np.testing.assert_allclose(partly, ref("r3.npy", pooling="weighted_mean", bidirectional=False, max_length=512),
+                             atol=1e-5)
+
+
+def test_embed_file_reads_the_directory_when_given_none(model_dir, tmp_path):
+  from cxrclip_jax import embed
+  declared = _with_llm2vec_config(model_dir, tmp_path / "declared", {"pooling_mode": "weighted_mean",
+                                                                      "max_length": 6})
+  inp = _jsonl(tmp_path / "t.jsonl", [json.dumps({"text": t}) for t in LONG_TEXTS])
+  ours = embed.embed_file(str(declared), inp, str(tmp_path / "a.npy"))  # no "bidirectional": llm2vec's true
+  ref = embed.embed_file(str(model_dir), inp, str(tmp_path / "b.npy"), pooling="weighted_mean", bidirectional=True,
+                         max_length=6)
+  np.testing.assert_allclose(ours, ref, atol=1e-6)
+  assert embed.resolve_settings(model_dir) == embed.LLM2VEC_DEFAULTS  # no file: llm2vec's defaults
+
+
+@pytest.mark.parametrize("config,expect", [
+    ("{not json", "is not valid JSON"),
+    (json.dumps({"pooling_mode": "max"}), "pooling_mode 'max' is not one of"),
+    (json.dumps({"max_length": 0}), "max_length must be a positive integer"),
+    (json.dumps({"bidirectional": "yes"}), "bidirectional must be true or false"),
+])
+def test_bad_llm2vec_config_names_the_file(config, expect, tmp_path):
+  from cxrclip_jax import embed
+  (tmp_path / "llm2vec_config.json").write_text(config)
+  with pytest.raises(embed.InputError, match="llm2vec_config.json") as e:
+    embed.read_llm2vec_config(tmp_path)
+  assert expect in str(e.value)

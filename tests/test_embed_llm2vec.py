@@ -111,6 +111,7 @@ def test_matches_llm2vec(job, model_dirs, reference, tmp_path):
   assert ours.shape == ref.shape and ours.dtype == np.float32
   # fp32 through 30 real layers: the last hidden state itself differs by ~1.1e-4 (test_llm_parity).
   tol = 2e-4 if kind == "smollm2" else 1e-4
+  print(f"{_job_name(job)}: max |ours - llm2vec| = {err:.2e}")
   assert err < tol, f"max abs diff {err:.2e} (scale {np.abs(ref).mean():.2f})"
 
 

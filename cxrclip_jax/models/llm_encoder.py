@@ -43,6 +43,9 @@ class LlmConfig:
   max_position_embeddings: int = 4096
   bos_token_id: int | None = None
   eos_token_id: int | list[int] | None = None
+  # Dropout on the attention probabilities in training mode (HF `attention_dropout`; llm2vec's
+  # SimCSE sets 0.3). Evaluation (`deterministic=True`) never drops.
+  attention_dropout: float = 0.0
   # Run-time switches, not part of the HF config.
   is_causal: bool = False
   dtype: str = "float32"
@@ -75,7 +78,8 @@ class LlmConfig:
         mlp_bias=bool(hf.get("mlp_bias", False)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),  # HF's default for all three
         sliding_window=sliding, max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+        bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
+        attention_dropout=float(hf.get("attention_dropout") or 0.0))
     kw.update(overrides)
     return cls(**kw)
 
@@ -92,7 +96,8 @@ class LlmConfig:
         rope_parameters={"rope_theta": self.rope_theta, **(scaling or {"rope_type": "default"})},
         tie_word_embeddings=self.tie_word_embeddings,
         max_position_embeddings=self.max_position_embeddings,
-        bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id)
+        bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+        attention_dropout=self.attention_dropout)
     if self.model_type == "llama":
       hf.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
     if self.model_type == "mistral":
@@ -151,10 +156,29 @@ class Attention(nn.Module):
     q = apply_rope(q.reshape(b, l, n, h), positions, inv_freq)    # (B, L, N, H)
     kk = apply_rope(kk.reshape(b, l, k, h), positions, inv_freq)  # (B, L, K, H)
     v = v.reshape(b, l, k, h)
-    # GQA handled inside (N a multiple of K); logits and softmax in fp32.
-    out = jax.nn.dot_product_attention(q, kk, v, mask=mask)     # (B, L, N, H)
+    if deterministic or c.attention_dropout == 0.0:
+      # GQA handled inside (N a multiple of K); logits and softmax in fp32; may use a fused kernel.
+      out = jax.nn.dot_product_attention(q, kk, v, mask=mask)   # (B, L, N, H)
+    else:
+      out = self._dropout_attention(q, kk, v, mask, c.attention_dropout)
     out = constrain(out.reshape(b, l, n * h), ("act_batch", "act_len", "act_heads"))
     return dense(c.hidden_size, ("heads", "embed"), c.attention_bias, "o_proj")(out, deterministic)
+
+  @nn.nowrap  # a helper of __call__: its Dropout belongs to __call__'s compact scope
+  def _dropout_attention(self, q, kk, v, mask, rate: float):
+    """HF eager attention in training mode: dropout(softmax(q k^T / sqrt(H))) v, probabilities cast
+    to the value dtype before the dropout, as HF does. The fused path has no hook for dropout, so the
+    probabilities are materialized here. Grouped like `jax.nn.dot_product_attention` (query head
+    n = kv * G + g, HF's `repeat_kv` order), so K/V are never repeated."""
+    b, l, n, h = q.shape
+    k = kk.shape[2]
+    qg = q.reshape(b, l, k, n // k, h)                                                   # (B, L, K, G, H)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, kk, preferred_element_type=jnp.float32) * (h ** -0.5)
+    # jax's own large negative: a query with no visible key gets the same uniform row as the fast path.
+    logits = jnp.where(mask[:, :, None], logits, -0.7 * jnp.finfo(jnp.float32).max)    # (B, K, G, L, L)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = nn.Dropout(rate, name="attention_dropout")(probs, deterministic=False)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, l, n, h)                # (B, L, N, H)
 
 
 class Mlp(nn.Module):
