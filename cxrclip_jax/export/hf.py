@@ -115,18 +115,19 @@ def _dummy_text_inputs():
 
 
 DEFAULT_NUM_LATENTS, DEFAULT_LATENT_HEADS = 512, 8
-LLM2VEC_CONFIG = "llm2vec_config.json"
+LLM2VEC_CONFIG = "llm2vec_config.json"  # llm2vec's own keys only: it passes them all to LLM2Vec()
+ENCODER_CONFIG = "encoder_config.json"  # ours: attention direction, latent-attention heads
 
 
 def latent_attention_sizes(model_dir, num_latents: int = 0, latent_heads: int = 0,
                            tensors: dict | None = None) -> tuple[int, int]:
   """(num_latents, heads) of latent-attention pooling: the configured values (0: unset) checked
-  against what the directory holds — the latents' row count and llm2vec_config.json's
+  against what the directory holds — the latents' row count and encoder_config.json's
   `latent_heads` (head count is not visible in the weights) — else the released defaults."""
   model_dir = pathlib.Path(model_dir)
   tensors = read_weights(model_dir) if tensors is None else tensors
   found_latents = tensors["latent_attn.latents"].shape[0] if "latent_attn.latents" in tensors else 0
-  side = model_dir / LLM2VEC_CONFIG
+  side = model_dir / ENCODER_CONFIG
   found_heads = int(json.loads(side.read_text()).get("latent_heads", 0)) if side.is_file() else 0
   for what, configured, found in (("num_latents", num_latents, found_latents), ("latent_heads", latent_heads, found_heads)):
     if configured and found and configured != found:
@@ -182,8 +183,14 @@ def load_mntp(model_dir, *, dtype: str = "float32", num_layers: int | None = Non
   optional = [r"lm_head\.weight"] if config.tie_word_embeddings else []
   optional += [re.escape(prefix) + rf"layers\.{i}\..*" for i in range(config.num_hidden_layers,
                                                                     hf_config["num_hidden_layers"])]
-  params, _ = keymap.to_flax(tensors, _table(prefix, False, not config.tie_word_embeddings), shapes,
-                             optional=optional)
+  # A base-model directory (LlamaModel, or an encoder exported by a previous stage) has no untied
+  # LM head: like HF's *ForMaskedLM on such a directory, the head starts from its fresh init
+  # (absent from the returned params), which the caller keeps.
+  with_head = not config.tie_word_embeddings and "lm_head.weight" in tensors
+  if not config.tie_word_embeddings and not with_head:
+    shapes = {k: v for k, v in shapes.items() if not k.startswith("lm_head/")}
+    print(f"note: {model_dir} has no lm_head.weight; the MNTP head starts from its init", flush=True)
+  params, _ = keymap.to_flax(tensors, _table(prefix, False, with_head), shapes, optional=optional)
   return module, params
 
 
@@ -230,11 +237,11 @@ def save_text_encoder(out_dir, config: LlmConfig, params, *, tokenizer_dir=None,
   hf = config.to_hf()
   hf.update(torch_dtype=dtype, dtype=dtype)
   (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-  # llm2vec's keys, plus the attention direction the weights were trained with.
-  sidecar = {"pooling_mode": pooling, "max_length": max_length, "doc_max_length": 400, "skip_instruction": True,
-             "bidirectional": bidirectional}
+  sidecar = {"pooling_mode": pooling, "max_length": max_length, "doc_max_length": 400, "skip_instruction": True}
+  encoder = {"bidirectional": bidirectional, "pooling_mode": pooling}
   if latent:  # the head count is not recoverable from the weights
-    sidecar["latent_heads"] = latent_heads
+    encoder["latent_heads"] = latent_heads
+  (out_dir / ENCODER_CONFIG).write_text(json.dumps(encoder, indent=2) + "\n")
   (out_dir / LLM2VEC_CONFIG).write_text(json.dumps(sidecar, indent=2) + "\n")
   if tokenizer_dir is not None:
     for name in TOKENIZER_FILES:

@@ -1,0 +1,66 @@
+"""Supervised contrastive stage (llm2vec's HardNegativeNLLLoss): instructed queries against
+positives and one-error hard negatives, cosine x scale (run_supervised.py: 50), every device's
+candidates scored by every query (the loss sees global arrays), one task per global batch.
+
+The CXR tasks (data_pipelines.text_tasks): findings -> impression, abbreviated <-> expanded (report
+and sentence), telegraphic shorthand / impression-only / reordered <-> original; hard negatives are
+the positive with one injected clinical error. Texts of the evaluation split are kept out.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cxrclip_jax import losses
+from cxrclip_jax.tasks import text_stage
+from cxrclip_jax.train.state import merge
+from cxrclip_jax.train.task import Task, TrainingError
+from data_pipelines import assets, text_batches, text_tasks
+
+
+def build(config, workdir, mesh, train: bool = True) -> Task:
+  s = config.supervised
+  ts = text_stage.TextStage(config, workdir, mesh, s)
+  model = ts.encoder()
+  steps = config.train.steps or s.steps
+  batches = None
+  if train:
+    held_out = text_tasks.eval_texts(ts.eval_sets(capped=False))
+    examples = text_batches.cached_training_examples(
+        ts.rows(config.data.train_split), assets.cache_dir() / "text_tasks", config.seed, exclude=sorted(held_out))
+    if len(examples) < s.batch_size:
+      raise TrainingError(f"{len(examples)} supervised examples is less than one batch of {s.batch_size}")
+    batches = text_batches.SupervisedBatches(examples, ts.tokenizer, s.batch_size, s.max_length, config.seed,
+                                             n_negatives=s.n_negatives)
+
+  def train_data(start_step: int):
+    for step in range(start_step, steps):
+      yield batches.batch(step, jax.process_index(), jax.process_count())
+
+  def embed(p, batch, prefix, rng):
+    shape = batch[prefix + "input_ids"].shape
+    flat = lambda x: x.reshape(-1, shape[-1])  # (B, n, L) negatives -> (B*n, L)
+    return model.apply({"params": p}, flat(batch[prefix + "input_ids"]), flat(batch[prefix + "attention_mask"]),
+                       flat(batch[prefix + "embed_mask"]), deterministic=False, rngs={"dropout": rng})
+
+  def loss_fn(params, frozen, batch, rng):
+    p = merge(params, frozen)
+    rq, rp, rn = jax.random.split(rng, 3)
+    q, pos, neg = embed(p, batch, "query_", rq), embed(p, batch, "positive_", rp), embed(p, batch, "negative_", rn)
+    loss = losses.hard_negative_infonce(q, pos, neg, scale=s.scale, negative_valid=batch["negative_valid"])
+    # In-batch accuracy: the positive outscores every other candidate (negatives included).
+    norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    own_neg = jnp.einsum("bd,bnd->bn", norm(q), norm(neg).reshape(q.shape[0], -1, q.shape[-1]))
+    own_neg = jnp.where(batch["negative_valid"], own_neg, -jnp.inf)
+    beats_errors = (jnp.sum(norm(q) * norm(pos), -1) > own_neg.max(-1)).mean()
+    return loss, {"beats_own_negatives": beats_errors}
+
+  ids = jnp.zeros((2, 8), jnp.int32)
+  return Task(
+      name="supervised", model=model,
+      init_fn=lambda: model.init({"params": jax.random.key(config.seed)}, ids, jnp.ones_like(ids), jnp.ones_like(ids)),
+      loss_fn=loss_fn, total_steps=steps, global_batch=s.batch_size, train_data=train_data,
+      device_batch=ts.device_batch, load_pretrained=ts.load_encoder, param_groups=ts.param_groups(),
+      evaluate=lambda params, step: {"text_tasks": ts.evaluate(params)},
+      format_metrics=lambda name, m: text_stage.text_eval.format_table({name: m}),
+      export=ts.export, describe=f"{ts.model_dir.name}, {s.n_negatives} hard negatives per query, scale {s.scale}")
