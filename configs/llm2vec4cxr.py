@@ -67,18 +67,22 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.mntp = _stage(steps=1000, batch_size=32, lr=5e-5, warmup_steps=0, max_length=512, mlm_probability=0.2,
                   mask_token_type="blank", all_mask=False, weight_decay=0.0)
   c.simcse = _stage(steps=1000, batch_size=128, lr=3e-5, warmup_steps=0, max_length=128, attention_dropout=0.3,
-                    scale=20.0, unit="report", weight_decay=0.0)
+                    scale=20.0, unit="report", weight_decay=0.0, length_multiple=32)
+  # length_multiple: each batch is padded to its longest text rounded up to this (0: max_length).
+  # task_mixture: proportional (llm2vec: tasks drawn by size) | balanced (round-robin over tasks).
   # run_supervised.py passes scale 50 (HardNegativeNLLLoss's class default is 20).
   c.supervised = _stage(steps=1000, batch_size=512, lr=2e-4, warmup_steps=300, max_length=128, scale=50.0,
-                        n_negatives=1, weight_decay=0.0)
+                        n_negatives=1, weight_decay=0.0, length_multiple=32, task_mixture="proportional")
 
   # --- optimizer (HF Trainer's AdamW defaults; lr / warmup / weight decay come from each stage).
   c.optim = ml_collections.ConfigDict(dict(lr=0.0, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                                            grad_clip=1.0, accum_steps=1, groups=()))
 
   # --- logging, checkpoints, evaluation (per stage).
+  # max_in_flight: steps dispatched ahead of the device; on XLA:CPU each holds its whole
+  # temporary buffer (~6 GB for the demo's supervised step), so keep it small.
   c.train = ml_collections.ConfigDict(dict(steps=0, log_every=10, eval_every=0, checkpoint_every=100,
-                                           keep_checkpoints=2))
+                                           keep_checkpoints=2, max_in_flight=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   if arg == "demo":
@@ -87,7 +91,13 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.num_layers = 10
     c.finetune = "full"
     c.mntp.update(steps=60, batch_size=8, lr=1e-4, max_length=128)
-    c.supervised.update(steps=150, batch_size=32, lr=5e-5, warmup_steps=15, max_length=96, n_negatives=3)
+    # A step costs ~0.1 ms per padded token (fwd + bwd of 10 layers on 2 cores) and XLA:CPU holds
+    # ~0.6 MB of temporaries per token: 32 queries x (positive + 2 one-error negatives) of <= 64
+    # tokens fit 100 steps in ~12 min and ~6 GB.
+    # Fixed shapes (length_multiple 0): with host_memory's kept heap, XLA:CPU's per-step temporary
+    # buffer of a new size cannot reuse the last one's, and varying L grew the process past 24 GB.
+    c.supervised.update(steps=100, batch_size=32, lr=5e-5, warmup_steps=10, max_length=64, n_negatives=2,
+                        length_multiple=0, task_mixture="balanced")
     c.train.update(log_every=10, checkpoint_every=50)
     c.data.eval_max_queries = 200
   if arg == "cpu":
@@ -95,7 +105,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.finetune = "full"
     c.stages = "mntp,supervised"
     c.mntp.update(steps=200, batch_size=8, lr=1e-4, max_length=128)
-    c.supervised.update(steps=500, batch_size=32, lr=5e-5, warmup_steps=30, max_length=96, n_negatives=3)
+    # 15 layers cost ~1.5x the demo's 10 per step: ~15 min of MNTP, ~60 min of supervised steps.
+    c.supervised.update(steps=300, batch_size=32, lr=5e-5, warmup_steps=30, max_length=64, n_negatives=2,
+                        length_multiple=0, task_mixture="balanced")
     c.train.update(log_every=10, checkpoint_every=50)
   if arg == "mimic":
     # The released LLM2VEC4CXR: Llama-3.2-1B-Instruct, bidirectional, Llama-3 chat wrapper, 512
@@ -109,7 +121,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.text.dtype = "bfloat16"
     c.text.remat = True
     c.data.workers = 16
-    c.supervised.update(max_length=512)
+    c.simcse.update(length_multiple=128)  # fewer distinct shapes: fewer recompiles on an accelerator
+    c.supervised.update(max_length=512, length_multiple=128)
     c.train.update(log_every=50, eval_every=500, checkpoint_every=250, keep_checkpoints=3)
   if arg == "tiny":
     c.stages = "mntp,simcse,supervised"

@@ -46,6 +46,17 @@ def process_rows(batch_size: int, process_index: int, process_count: int) -> ran
   return range(process_index * per, (process_index + 1) * per)
 
 
+def padded_length(rows: Sequence[tuple[list[int], int]], max_length: int, multiple: int) -> int:
+  """The batch's L: its longest tokenized row rounded up to `multiple` (at most max_length);
+  multiple 0 pads to max_length. Short texts (a shorthand sentence is ~20 tokens) then cost a
+  fraction of max_length's compute and activation memory, and the few distinct L values keep
+  recompiles few. Computed from the *global* batch, so that every process pads alike."""
+  if not multiple:
+    return max_length
+  longest = max((len(ids) for ids, _ in rows), default=1)
+  return min(max_length, -(-longest // multiple) * multiple)
+
+
 class _Epochs:
   """Step -> the global batch's item indices: a fresh permutation of `n` items each epoch."""
 
@@ -166,23 +177,26 @@ def simcse_texts(texts: Iterable[str], unit: str = "report") -> list[str]:
 class SimcseBatches:
   """Unsupervised SimCSE batches: B distinct texts (`simcse_texts`), shuffled per epoch.
 
-  `batch(step)`: input_ids, attention_mask, embed_mask int32 (B/P, max_length), tokenized without an
-  instruction (llm2vec: the whole text is pooled) and padded to max_length. The model encodes the
-  same rows twice with different dropout; row i of the two passes is the positive pair.
+  `batch(step)`: input_ids, attention_mask, embed_mask int32 (B/P, L), tokenized without an
+  instruction (llm2vec: the whole text is pooled) and padded to L (`padded_length` of the global
+  batch). The model encodes the same rows twice with different dropout; row i of the two passes is
+  the positive pair.
   """
 
   def __init__(self, texts: Iterable[str], tokenizer: Llm2VecTokenizer, batch_size: int, max_length: int,
-               seed: int, *, unit: str = "report"):
+               seed: int, *, unit: str = "report", length_multiple: int = 32):
     self.texts = simcse_texts(texts, unit)
     self.tokenizer, self.max_length = fit_tokenizer(tokenizer, max_length), max_length
+    self.length_multiple = length_multiple
     self.batch_size, self.seed = batch_size, seed
     self._order = _Epochs(len(self.texts), batch_size, seed, f"distinct {unit}s")
     self.steps_per_epoch = self._order.steps_per_epoch
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     rows = process_rows(self.batch_size, process_index, process_count)
-    texts = [self.texts[i] for i in self._order.indices(step)[rows.start:rows.stop]]
-    return self.tokenizer(texts, "", pad_to=self.max_length)
+    encoded = self.tokenizer.encode_rows([self.texts[i] for i in self._order.indices(step)], "")
+    length = padded_length(encoded, self.max_length, self.length_multiple)
+    return self.tokenizer.pad(encoded[rows.start:rows.stop], length)
 
 
 # ---- Supervised contrastive ------------------------------------------------------------------------
@@ -197,7 +211,8 @@ class SupervisedBatches:
   packing, so reaching step s computes every earlier epoch once (as `iterate(s)` would); the
   lengths and the current epoch are cached.
 
-  `batch(step)` (R = B/P rows of this process, L = max_length, n = n_negatives):
+  `batch(step)` (R = B/P rows of this process, n = n_negatives, L = `padded_length` of the global
+  batch's queries, positives and negatives together):
     query_{input_ids,attention_mask,embed_mask}     int32 (R, L): "{instruction} !@#$%^&*(){query}",
                                                     the instruction attended to, not pooled
     positive_{input_ids,attention_mask,embed_mask}  int32 (R, L): no instruction
@@ -208,7 +223,7 @@ class SupervisedBatches:
   """
 
   def __init__(self, examples: Sequence[text_tasks.Example], tokenizer: Llm2VecTokenizer, batch_size: int,
-               max_length: int, seed: int, n_negatives: int = 1, **sampler_kwargs):
+               max_length: int, seed: int, n_negatives: int = 1, length_multiple: int = 32, **sampler_kwargs):
     if n_negatives < 0:
       raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
     unknown = sorted({e.task for e in examples} - set(text_tasks.TRAIN_TASKS))
@@ -217,7 +232,7 @@ class SupervisedBatches:
     if n_negatives and any(not e.negatives for e in examples):
       raise ValueError("an example has no negatives; filter with training_examples(min_negatives=1) "
                        "or use n_negatives=0")
-    self.examples, self.n_negatives = list(examples), n_negatives
+    self.examples, self.n_negatives, self.length_multiple = list(examples), n_negatives, length_multiple
     self.tokenizer, self.max_length = fit_tokenizer(tokenizer, max_length), max_length
     self.batch_size, self.seed = batch_size, seed
     self.sampler = text_tasks.TaskBatchSampler(self.examples, batch_size, seed, **sampler_kwargs)
@@ -246,14 +261,18 @@ class SupervisedBatches:
 
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     rows = process_rows(self.batch_size, process_index, process_count)
-    examples = [self.examples[i] for i in self.indices(step)[rows.start:rows.stop]]
-    tok = lambda texts, instructions="": self.tokenizer(texts, instructions, pad_to=self.max_length)
-    out = {f"query_{k}": v for k, v in tok([e.query for e in examples], [e.instruction for e in examples]).items()}
-    out.update({f"positive_{k}": v for k, v in tok([e.positive for e in examples]).items()})
-    n, r, l = self.n_negatives, len(examples), self.max_length
-    negatives = [e.negatives[min(j, len(e.negatives) - 1)] for e in examples for j in range(n)]
-    flat = tok(negatives) if negatives else {k: np.zeros((0, l), np.int32)
-                                             for k in ("input_ids", "attention_mask", "embed_mask")}
+    everyone = [self.examples[i] for i in self.indices(step)]  # the global batch decides L
+    n, encode = self.n_negatives, self.tokenizer.encode_rows
+    queries = encode([e.query for e in everyone], [e.instruction for e in everyone])
+    positives = encode([e.positive for e in everyone])
+    negatives = encode([e.negatives[min(j, len(e.negatives) - 1)] for e in everyone for j in range(n)])
+    l = padded_length(queries + positives + negatives, self.max_length, self.length_multiple)
+    examples, r = everyone[rows.start:rows.stop], len(rows)
+    pad = lambda encoded: self.tokenizer.pad(encoded, l)
+    out = {f"query_{k}": v for k, v in pad(queries[rows.start:rows.stop]).items()}
+    out.update({f"positive_{k}": v for k, v in pad(positives[rows.start:rows.stop]).items()})
+    mine = negatives[rows.start * n:rows.stop * n]
+    flat = pad(mine) if mine else {k: np.zeros((0, l), np.int32) for k in ("input_ids", "attention_mask", "embed_mask")}
     out.update({f"negative_{k}": v.reshape(r, n, l) for k, v in flat.items()})
     out["negative_valid"] = np.asarray([[j < len(e.negatives) for j in range(n)] for e in examples],
                                        bool).reshape(r, n)

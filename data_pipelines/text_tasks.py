@@ -219,8 +219,12 @@ def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence
 class TaskBatchSampler:
   """Batches of example indices, every batch from one task (llm2vec: one dataset per global batch).
 
-  Per epoch each task's examples are shuffled and packed into batches of `batch_size`, then the
-  batches of all tasks are shuffled together, so tasks are drawn in proportion to their size.
+  Per epoch each task's examples are shuffled and packed into batches of `batch_size`. With
+  mixture="proportional" (llm2vec's) the batches of all tasks are then shuffled together, so tasks
+  are drawn in proportion to their size; with "balanced" they are dealt in rounds, one batch of
+  every task that has one left per round (in a shuffled task order), so that a short run sees
+  every task equally often — a small task (findings -> impression: stock impressions conflict
+  and pack into few batches) would otherwise barely appear in a few hundred steps.
   Every row's positive and negatives are candidates for every query of the batch (the gathered
   hard-negative loss), so a batch never holds two examples with the same query, nor an example
   whose positive equals another's positive or negative: such an example waits for a later batch;
@@ -231,9 +235,12 @@ class TaskBatchSampler:
   """
 
   def __init__(self, examples: Sequence[Example], batch_size: int, seed: int = 0, *, drop_remainder: bool = True,
-               max_carry: int | None = None):
+               max_carry: int | None = None, mixture: str = "proportional"):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if mixture not in ("proportional", "balanced"):
+      raise ValueError(f"mixture={mixture!r}: proportional | balanced")
+    self.mixture = mixture
     self.batch_size, self.seed, self.drop_remainder = batch_size, seed, drop_remainder
     self.max_carry = 8 * batch_size if max_carry is None else max_carry
     by_task: dict[str, list[int]] = collections.defaultdict(list)
@@ -272,7 +279,11 @@ class TaskBatchSampler:
   def epoch(self, epoch: int) -> list[np.ndarray]:
     """The batches of one epoch: int arrays of `batch_size` indices into the examples."""
     rng = np.random.default_rng([self.seed, epoch])
-    batches = [b for ids in self._tasks.values() for b in self._pack(ids[rng.permutation(len(ids))])]
+    per_task = [self._pack(ids[rng.permutation(len(ids))]) for ids in self._tasks.values()]
+    if self.mixture == "balanced":
+      rounds = [[t[r] for t in per_task if r < len(t)] for r in range(max(map(len, per_task), default=0))]
+      return [b for batches in rounds for b in (batches[i] for i in rng.permutation(len(batches)))]
+    batches = [b for t in per_task for b in t]
     return [batches[i] for i in rng.permutation(len(batches))]
 
   def iterate(self, start_step: int = 0) -> Iterator[np.ndarray]:

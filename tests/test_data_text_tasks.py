@@ -141,6 +141,21 @@ def test_batches_cover_the_data_and_resume():
   assert [next(resumed).tolist() for _ in range(5)] == first[7:]
 
 
+def test_balanced_mixture_deals_tasks_in_rounds():
+  """A big and a small task: proportional draws by size; balanced alternates them until the small
+  one runs out, and both cover the same batches."""
+  made = [tt.Example("big", "", f"q{i}", f"p{i}", (f"n{i}",), ("severity",)) for i in range(40)]
+  made += [tt.Example("small", "", f"s{i}", f"r{i}", (f"m{i}",), ("severity",)) for i in range(8)]
+  task = lambda b: made[b[0]].task
+  balanced = tt.TaskBatchSampler(made, batch_size=4, seed=1, mixture="balanced").epoch(0)
+  proportional = tt.TaskBatchSampler(made, batch_size=4, seed=1).epoch(0)
+  assert sorted(map(task, balanced)) == sorted(map(task, proportional)) == ["big"] * 10 + ["small"] * 2
+  assert sorted(map(task, balanced[:4])) == ["big", "big", "small", "small"]  # rounds 1 and 2
+  assert sorted(np.concatenate(balanced).tolist()) == sorted(np.concatenate(proportional).tolist())
+  with pytest.raises(ValueError, match="mixture"):
+    tt.TaskBatchSampler(made, batch_size=4, mixture="uniform")
+
+
 def test_shared_positive_never_twice_in_a_batch():
   # A stock impression shared by many queries: in-batch, one would be a false negative of another.
   made = [tt.Example("s", "", f"findings {i}", "No acute disease." if i % 2 else f"impression {i}", (f"n{i}",),

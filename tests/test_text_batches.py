@@ -280,3 +280,25 @@ def test_cached_training_examples(tmp_path, monkeypatch):
   assert tb.training_examples_key(rows, 0, exclude={"b", "a"}) == tb.training_examples_key(rows, 0, exclude=["a", "b"])
   monkeypatch.setattr(tb, "CACHE_VERSION", tb.CACHE_VERSION + 1)
   assert tb.training_examples_key(rows, 0, n_negatives=2) != key
+
+
+def test_batches_pad_to_the_global_batch_longest_rounded_up():
+  """Every process pads to the same L: the longest text of the *global* batch, rounded up to
+  length_multiple (so that slices concatenate to the one-process batch), never past max_length."""
+  examples = _examples()
+  for multiple, max_length in ((4, 64), (0, 24), (8, 10)):
+    make = lambda: tb.SupervisedBatches(examples, _words(max_length), 4, max_length, seed=0, n_negatives=2,
+                                        length_multiple=multiple)
+    batches = _check_slices_and_resume(make, steps=range(4))
+    maker = make()
+    for s, b in enumerate(batches):
+      rows = [examples[i] for i in maker.indices(s)]
+      texts = [e.positive for e in rows] + [n for e in rows for n in e.negatives[:2]]
+      longest = max([len(ids) for ids, _ in maker.tokenizer.encode_rows(texts)] +
+                    [len(ids) for ids, _ in maker.tokenizer.encode_rows([e.query for e in rows],
+                                                                         [e.instruction for e in rows])])
+      want = max_length if not multiple else min(max_length, -(-longest // multiple) * multiple)
+      assert b["query_input_ids"].shape[1] == b["negative_input_ids"].shape[2] == want, (multiple, longest)
+  texts = REPORTS * 2
+  b = tb.SimcseBatches(texts, _words(64), 4, 64, seed=0, length_multiple=4).batch(0)
+  assert b["input_ids"].shape[1] % 4 == 0 and b["input_ids"].shape[1] - b["attention_mask"].sum(1).max() < 4

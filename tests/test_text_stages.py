@@ -139,3 +139,34 @@ def test_export_matches_llm2vec(chained, tmp_path):
     ours = embed.embed_file(str(workdir / "export"), str(tmp_path / "t.jsonl"), str(tmp_path / "o.npy"),
                             pooling=p, bidirectional=True)
     assert np.abs(ours - np.load(tmp_path / f"{p}.npy")).max() < 1e-4, p
+
+
+@pytest.mark.slow
+def test_stage_interrupted_and_resumed_equals_uninterrupted(dataset, llm_dir, tmp_path, monkeypatch):
+  """A stage killed after step 3 resumes from its step-2 checkpoint and ends where an uninterrupted
+  run ends: batches are a function of the step (every batch maker's resume is checked in
+  test_text_batches), the dropout rng lives in the state. Supervised: epochs of the task sampler."""
+  stage = "supervised"
+  from cxrclip_jax.tasks import text_stage
+  config = chain.stage_config(tiny_config(dataset, llm_dir, **{f"{stage}.steps": 4, "data.eval_max_queries": 2}),
+                              stage, llm_dir, "none")
+  tasks.run(config, tmp_path / "straight")
+  real, calls = text_stage.TextStage.device_batch, {"n": 0}
+
+  def preempted_after_three(self, local):
+    calls["n"] += 1
+    if calls["n"] > 3:
+      raise KeyboardInterrupt("simulated preemption")
+    return real(self, local)
+
+  monkeypatch.setattr(text_stage.TextStage, "device_batch", preempted_after_three)
+  with pytest.raises(KeyboardInterrupt):
+    tasks.run(config, tmp_path / "resumed")
+  monkeypatch.setattr(text_stage.TextStage, "device_batch", real)
+  tasks.run(config, tmp_path / "resumed")
+  log = [json.loads(l) for l in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log][-2:] == [3, 4]  # the resumed run redid step 3 and went on
+  (expected, step_a), (got, step_b) = tasks.load(tmp_path / "straight"), tasks.load(tmp_path / "resumed")
+  assert step_a == step_b == 4
+  for (path, a), b in zip(jax.tree.leaves_with_path(expected.state.params), jax.tree.leaves(got.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -18,7 +18,7 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
   model = ts.encoder(attention_dropout=s.attention_dropout)
   texts = [r["report"] for r in ts.rows(config.data.train_split)] if train else []
   batches = text_batches.SimcseBatches(texts, ts.tokenizer, s.batch_size, s.max_length, config.seed,
-                                       unit=s.unit) if train else None
+                                       unit=s.unit, length_multiple=s.length_multiple) if train else None
   steps = config.train.steps or s.steps
 
   def train_data(start_step: int):

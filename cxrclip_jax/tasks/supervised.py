@@ -31,22 +31,22 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
     if len(examples) < s.batch_size:
       raise TrainingError(f"{len(examples)} supervised examples is less than one batch of {s.batch_size}")
     batches = text_batches.SupervisedBatches(examples, ts.tokenizer, s.batch_size, s.max_length, config.seed,
-                                             n_negatives=s.n_negatives)
+                                             n_negatives=s.n_negatives, length_multiple=s.length_multiple,
+                                             mixture=s.task_mixture)
 
   def train_data(start_step: int):
     for step in range(start_step, steps):
       yield batches.batch(step, jax.process_index(), jax.process_count())
 
-  def embed(p, batch, prefix, rng):
-    shape = batch[prefix + "input_ids"].shape
-    flat = lambda x: x.reshape(-1, shape[-1])  # (B, n, L) negatives -> (B*n, L)
-    return model.apply({"params": p}, flat(batch[prefix + "input_ids"]), flat(batch[prefix + "attention_mask"]),
-                       flat(batch[prefix + "embed_mask"]), deterministic=False, rngs={"dropout": rng})
-
   def loss_fn(params, frozen, batch, rng):
-    p = merge(params, frozen)
-    rq, rp, rn = jax.random.split(rng, 3)
-    q, pos, neg = embed(p, batch, "query_", rq), embed(p, batch, "positive_", rp), embed(p, batch, "negative_", rn)
+    # One encoder pass over queries, positives and negatives (the batch has one L): a third of the
+    # program to compile, and larger matmuls than three passes.
+    b, l = batch["query_input_ids"].shape
+    rows = lambda key: jnp.concatenate([batch["query_" + key], batch["positive_" + key],
+                                        batch["negative_" + key].reshape(-1, l)])  # (B*(2+n), L)
+    emb = model.apply({"params": merge(params, frozen)}, rows("input_ids"), rows("attention_mask"),
+                      rows("embed_mask"), deterministic=False, rngs={"dropout": rng})
+    q, pos, neg = emb[:b], emb[b:2 * b], emb[2 * b:]
     loss = losses.hard_negative_infonce(q, pos, neg, scale=s.scale, negative_valid=batch["negative_valid"])
     # In-batch accuracy: the positive outscores every other candidate (negatives included).
     norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)

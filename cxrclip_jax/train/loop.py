@@ -8,6 +8,7 @@ train_log.jsonl, metrics.json and, when the task exports, export/.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -122,10 +123,17 @@ def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
   all_finite = jax.jit(_all_finite)
   last_time, last_step = time.perf_counter(), start
   bar = tqdm.tqdm(total=task.total_steps, initial=start, desc=task.name, unit="step", disable=not is_main)
+  # At most train.max_in_flight steps dispatched ahead of the device: each queued step holds its
+  # batch and, on XLA:CPU, its whole temporary buffer (GBs for a text stage), so an unbounded
+  # queue multiplies the step's memory.
+  in_flight = collections.deque()
   with sharding.activate(run.mesh), _finish_saves_on_error(run.checkpointer):
     for step in range(start + 1, task.total_steps + 1):
+      if len(in_flight) >= c.max_in_flight:
+        jax.block_until_ready(in_flight.popleft())
       batch = task.device_batch(next(train_iter))
       run.state, metrics = run.train_step(run.state, run.frozen, batch)
+      in_flight.append(metrics["loss"])
       save = step == task.total_steps or run.checkpointer.due(step)
       logged = step % c.log_every == 0 or step == task.total_steps
       if logged or save:  # a checkpoint is never written unchecked
