@@ -52,7 +52,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
   # --- text side: the LLM (an HF directory), how it is used, how reports are embedded.
   c.text = ml_collections.ConfigDict()
-  c.text.model_dir = ""             # "" = SmolLM2-135M-Instruct from the asset cache
+  c.text.family = "llm"             # llm (Llama/Qwen2/Mistral) | bert (a sentence-transformers BERT dir)
+  c.text.model_dir = ""             # "" = SmolLM2-135M-Instruct (family bert: all-MiniLM-L6-v2) from the cache
   c.text.mode = "cached"            # cached | lora | full
   c.text.pooling = "mean"
   # SmolLM2 has had no LLM2Vec (MNTP) adaptation, and unadapted decoders embed better causally:
@@ -128,6 +129,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.train.eval_every = 0            # 0: only at the end
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
+  c.train.max_in_flight = 2         # steps dispatched ahead of the device (each holds its memory)
 
   # --- mesh: sizes of (data, fsdp, tensor); -1 fills the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -3,7 +3,7 @@
   python -m cxrclip_jax.export --workdir=DIR --output=OUT [--step=N]
 
 OUT/vision/   the vision tower (HF CLIP/SigLIP/DINOv2 layout; transformers loads it)
-OUT/text/     the text encoder with LoRA merged (HF Llama/Qwen2/Mistral layout) — lora/full modes;
+OUT/text/     the text encoder with LoRA merged (HF Llama/Qwen2/Mistral or BertModel layout) — lora/full modes;
               in cached mode the LLM was frozen, so its source directory is the text encoder
 OUT/clip_head.safetensors + clip_head.json   projection, adapter (incl. text statistics) and scale
 """
@@ -25,7 +25,15 @@ def export(run, output: pathlib.Path) -> None:
   params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), run.params())
   config, model = run.config, run.task.model
   vision_hf.save_vision_tower(output / "vision", model.vision, params["vision_model"])
-  if "text_encoder" in params:
+  bert = config.text.get("family", "llm") == "bert"
+  if "text_encoder" in params and bert:
+    from cxrclip_jax.export import bert_hf
+    from data_pipelines import assets
+    text_dir = pathlib.Path(config.text.model_dir or assets.path("minilm"))
+    bert_hf.save_bert(output / "text", model.text, params["text_encoder"], pipeline=bert_hf.read_pipeline(text_dir),
+                      tokenizer_dir=text_dir)
+    source = str(output / "text")
+  elif "text_encoder" in params:
     from data_pipelines import assets
     text_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
     hf.save_text_encoder(output / "text", model.text, params["text_encoder"], tokenizer_dir=text_dir,
@@ -33,7 +41,7 @@ def export(run, output: pathlib.Path) -> None:
                          latent_heads=model.clip.latent_heads)
     source = str(output / "text")
   else:
-    source = config.text.model_dir or "(SmolLM2-135M-Instruct from the asset cache)"
+    source = config.text.model_dir or ("(all-MiniLM-L6-v2" if bert else "(SmolLM2-135M-Instruct") + " from the asset cache)"
   head = {k: params[k] for k in ("visual_projection", "text_adapter", "logit_scale", "logit_bias") if k in params}
   safetensors_io.write(output / "clip_head.safetensors",
                        {k: np.asarray(v) for k, v in keymap.flatten(head).items()})

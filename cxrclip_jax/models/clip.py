@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from cxrclip_jax.models.layers import Dense, LayerNorm, param_with_axes
+from cxrclip_jax.models.bert import BertConfig, BertTextEncoder
 from cxrclip_jax.models.llm_encoder import LlmConfig
 from cxrclip_jax.models.text_encoder import TextEncoder
 from cxrclip_jax.models.vision import VisionTower, VitConfig
@@ -50,6 +51,7 @@ class ClipConfig:
   standardize_text: bool = False
   latent_heads: int = 8
   num_latents: int = 512
+  text_normalize: bool = False     # a BERT text side: L2-normalize its pooled output (its pipeline's Normalize)
 
 
 class TextAdapter(nn.Module):
@@ -120,7 +122,7 @@ def similarity(image: jax.Array, text: jax.Array, log_scale: jax.Array, bias: ja
 class DualTower(nn.Module):
   vision: VitConfig
   clip: ClipConfig
-  text: LlmConfig | None = None  # needed for text_mode lora/full; cached mode sees only embeddings
+  text: LlmConfig | BertConfig | None = None  # needed for text_mode lora/full; cached mode sees only embeddings
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -130,8 +132,11 @@ class DualTower(nn.Module):
     if c.text_mode in ("lora", "full"):
       if self.text is None:
         raise ValueError(f"text_mode={c.text_mode!r} needs the LLM config")
-      self.text_encoder = TextEncoder(self.text, pooling=c.text_pooling, num_latents=c.num_latents,
-                                      latent_heads=c.latent_heads)
+      if isinstance(self.text, BertConfig):  # text.family=bert: a sentence encoder, as its pipeline pools
+        self.text_encoder = BertTextEncoder(self.text, pooling=c.text_pooling, normalize=c.text_normalize)
+      else:
+        self.text_encoder = TextEncoder(self.text, pooling=c.text_pooling, num_latents=c.num_latents,
+                                        latent_heads=c.latent_heads)
     elif c.text_mode != "cached":
       raise ValueError(f"unknown text_mode {c.text_mode!r} (cached | lora | full)")
     self.text_adapter = TextAdapter(c, self.dtype)

@@ -74,4 +74,4 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
       evaluate=lambda params, step: {name: evaluator.evaluate(params, name, progress=is_main)
                                      for name in evaluator.datasets},
       format_metrics=format_metrics,
-      describe=f"text side {config.text.mode} ({text.model_dir}); {steps_per_epoch} steps per epoch")
+      describe=f"text side {text.family} {config.text.mode} ({text.model_dir}); {steps_per_epoch} steps per epoch")

@@ -14,7 +14,7 @@ import numpy as np
 from cxrclip_jax import sharding
 from cxrclip_jax.eval import zeroshot
 from cxrclip_jax.eval.embedder import TextEmbedder
-from cxrclip_jax.export import hf, vision_hf
+from cxrclip_jax.export import bert_hf, hf, vision_hf
 from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.clip import ClipConfig, DualTower
 from cxrclip_jax.models.llm_encoder import LlmConfig, check_token_ids
@@ -96,19 +96,35 @@ class TrainTable:
 
 
 class TextSide:
-  """The LLM: its directory, config, tokenizer, and (cached mode) its embeddings of all reports."""
+  """The text encoder (an LLM, or a BERT sentence encoder with text.family=bert): its directory,
+  config, tokenizer, and (cached mode) its embeddings of all reports."""
 
   def __init__(self, config, mesh, cache_dir: pathlib.Path, write_cache: bool = True):
     self.config, self.mesh, self.cache_dir, self.write_cache = config, mesh, cache_dir, write_cache
-    self.mode = config.text.mode
-    self.model_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
-    lora = lora_lib.LoraConfig(**config.text.lora.to_dict()) if self.mode == "lora" else None
+    self.mode, self.family = config.text.mode, config.text.get("family", "llm")
+    if self.family not in ("llm", "bert"):
+      raise ValueError(f"text.family={self.family!r}: llm | bert")
+    default = assets.path("minilm" if self.family == "bert" else "smollm2")
+    self.model_dir = pathlib.Path(config.text.model_dir or default)
     self.num_layers = config.text.num_layers or None
-    overrides = {"num_hidden_layers": self.num_layers} if self.num_layers else {}
-    self.llm_config = LlmConfig.from_hf(hf.read_config(self.model_dir), is_causal=not config.text.bidirectional,
-                                        dtype=config.text.dtype, remat=config.text.remat, lora=lora, **overrides)
-    self.tokenizer = Llm2VecTokenizer.from_model_dir(self.model_dir, max_length=config.text.max_length,
-                                                     pooling=config.text.pooling, wrapper=config.text.wrapper)
+    if self.family == "bert":
+      if self.mode == "lora":
+        raise ValueError("text.family=bert: text.mode must be cached or full (BERT has no LoRA branches)")
+      if self.num_layers or config.text.pooling != "mean":
+        raise ValueError("text.family=bert uses the whole sentence encoder as its pipeline says: "
+                         "set text.num_layers=0 and text.pooling=mean")
+      # A sentence encoder is used as its sentence-transformers pipeline says (pooling, normalize).
+      module, params, _ = bert_hf.load_bert(self.model_dir)
+      self._bert = module, params  # its config (pooler or not) and pipeline decide the tree
+      self.llm_config = dataclasses.replace(module.config, dtype=config.text.dtype)
+      self.tokenizer = bert_hf.BertTokenizer.from_model_dir(self.model_dir, max_length=config.text.max_length)
+    else:
+      lora = lora_lib.LoraConfig(**config.text.lora.to_dict()) if self.mode == "lora" else None
+      overrides = {"num_hidden_layers": self.num_layers} if self.num_layers else {}
+      self.llm_config = LlmConfig.from_hf(hf.read_config(self.model_dir), is_causal=not config.text.bidirectional,
+                                          dtype=config.text.dtype, remat=config.text.remat, lora=lora, **overrides)
+      self.tokenizer = Llm2VecTokenizer.from_model_dir(self.model_dir, max_length=config.text.max_length,
+                                                       pooling=config.text.pooling, wrapper=config.text.wrapper)
     self.pipeline_tokenizer = None if self.mode == "cached" else self.tokenizer
     # Latent-attention sizes: the config's, checked against the checkpoint's (0 = take those).
     self.num_latents, self.latent_heads = hf.latent_attention_sizes(
@@ -119,12 +135,20 @@ class TextSide:
     self._embedder = None
     self._prompt_emb = None
 
+  def load(self, dtype: str = "float32"):
+    """(module, numpy params) of the pretrained text encoder."""
+    t = self.config.text
+    if self.family == "bert":
+      module, params = self._bert
+      return module.clone(config=dataclasses.replace(module.config, dtype=dtype)), params
+    module, params, _ = hf.load_text_encoder(self.model_dir, pooling=t.pooling, is_causal=not t.bidirectional,
+                                             dtype=dtype, num_layers=self.num_layers, num_latents=self.num_latents,
+                                             latent_heads=self.latent_heads)
+    return module, params
+
   def _embed(self, texts, what: str):
     if self._embedder is None:
-      module, params, _ = hf.load_text_encoder(self.model_dir, pooling=self.config.text.pooling,
-                                               is_causal=not self.config.text.bidirectional, dtype=self.config.text.dtype,
-                                               num_layers=self.num_layers, num_latents=self.num_latents,
-                                               latent_heads=self.latent_heads)
+      module, params = self.load(self.config.text.dtype)
       self._embedder = TextEmbedder(module, params, self.tokenizer, self.mesh,
                                     batch_size=self.config.text.embed_batch_size)
     return self._embedder.embed(texts, self.config.text.instruction, progress=self.write_cache,
@@ -195,7 +219,8 @@ def build_model(config, text: TextSide):
   clip_config = ClipConfig(embed_dim=c.embed_dim, text_mode=text.mode, adapter=c.adapter, similarity=c.similarity,
                            loss=c.loss, init_log_scale=c.init_log_scale, text_pooling=config.text.pooling,
                            standardize_text=text.standardize, num_latents=text.num_latents or hf.DEFAULT_NUM_LATENTS,
-                           latent_heads=text.latent_heads or hf.DEFAULT_LATENT_HEADS)
+                           latent_heads=text.latent_heads or hf.DEFAULT_LATENT_HEADS,
+                           text_normalize=text.family == "bert" and text.load()[0].normalize)
   model = DualTower(vision_config(config), clip_config, None if text.mode == "cached" else text.llm_config,
                     dtype=np.dtype(config.train.dtype))
   s = config.data.image_size
@@ -214,10 +239,7 @@ def load_pretrained(config, params, shardings, text: TextSide):
   params = dict(params)
   loaded = {}
   if text.mode in ("lora", "full"):
-    loaded["text_encoder"] = hf.load_text_encoder(text.model_dir, pooling=config.text.pooling,
-                                                  is_causal=not config.text.bidirectional,
-                                                  num_layers=text.num_layers, num_latents=text.num_latents,
-                                                  latent_heads=text.latent_heads)[1]
+    loaded["text_encoder"] = text.load()[1]
   if config.vision.model_dir:
     loaded["vision_model"] = vision_hf.load_vision_tower(config.vision.model_dir, image_size=config.data.image_size,
                                                          dtype=config.train.dtype, remat=config.vision.remat)[1]
