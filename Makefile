@@ -40,8 +40,13 @@ test-assets: setup
 
 ref-venv: $(REF_VENV)/.ref-$(SETUP_HASH)
 
+# The paper's pipeline in miniature: LLM2VEC4CXR-small (MNTP -> supervised; a finished stage is
+# reused), then LLM2CLIP4CXR with that export as its bidirectional text side.
+DEMO_TEXT := runs/llm2vec4cxr_demo
 demo: assets
-	$(PY) -m cxrclip_jax.main --config=configs/llm2clip.py --workdir=runs/demo
+	$(PY) -m cxrclip_jax.main --config=configs/llm2vec4cxr.py --workdir=$(DEMO_TEXT)
+	$(PY) -m cxrclip_jax.main --config=configs/llm2clip.py --workdir=runs/demo \
+	  --config.text.model_dir=$(DEMO_TEXT)/export --config.text.bidirectional=True
 
 test: $(VENV)/.test-$(SETUP_HASH) test-assets ref-venv
 	$(PY) -m pytest -q tests
