@@ -35,6 +35,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.task = "llm2vec4cxr"
   c.variant = arg
   c.seed = 0
+  # Keep freed host memory in the process (cxrclip_jax/host_memory.py)? Not here: XLA:CPU's
+  # multi-GB temporary buffer of a supervised step is not reused from the kept heap and the process
+  # grew past 24 GB in a few steps; released, it stays at ~9-13 GB (at the cost of page faults).
+  c.keep_host_memory = False
   c.stages = "mntp,supervised"      # comma-separated, run in order; the paper: mntp,simcse,supervised
 
   # --- the LLM: an HF Llama / Qwen2 / Mistral directory ("" = SmolLM2-135M-Instruct from the cache).

@@ -32,7 +32,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and Grain are chatty at INFO
-  host_memory.keep_freed_memory()  # before the first JAX computation
+  if config.get("keep_host_memory", True):
+    host_memory.keep_freed_memory()  # before the first JAX computation
   import jax
   if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
     jax.distributed.initialize()
