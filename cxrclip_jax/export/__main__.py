@@ -26,15 +26,14 @@ def export(run, output: pathlib.Path) -> None:
   config, model = run.config, run.task.model
   vision_hf.save_vision_tower(output / "vision", model.vision, params["vision_model"])
   bert = config.text.get("family", "llm") == "bert"
+  from data_pipelines import assets
   if "text_encoder" in params and bert:
     from cxrclip_jax.export import bert_hf
-    from data_pipelines import assets
     text_dir = pathlib.Path(config.text.model_dir or assets.path("minilm"))
     bert_hf.save_bert(output / "text", model.text, params["text_encoder"], pipeline=bert_hf.read_pipeline(text_dir),
                       tokenizer_dir=text_dir)
     source = str(output / "text")
   elif "text_encoder" in params:
-    from data_pipelines import assets
     text_dir = pathlib.Path(config.text.model_dir or assets.path("smollm2"))
     hf.save_text_encoder(output / "text", model.text, params["text_encoder"], tokenizer_dir=text_dir,
                          pooling=config.text.pooling, lora=model.text.lora, max_length=config.text.max_length,
