@@ -12,7 +12,9 @@ DIR:causal, DIR:bidirectional, DIR:layers=10 (first 10 decoder layers), DIR:pool
 DIR:max_length=N, combinable (DIR:bidirectional:layers=10). The sets are
 `data_pipelines.text_tasks.eval_sets` of D's split (default: the embedded demo set, built on first
 use); the table and metrics.json ({model: {task: metrics}}) come from `eval.text_tasks`.
---max_examples keeps the first N queries of each set (candidates unchanged).
+--max_examples keeps the first N queries of each set (candidates unchanged). --statements=FILE
+evaluates on hand-written statements instead (abbreviated <-> expanded, MC4 errors;
+benchmarks/statements.jsonl: 48 written for this project, none from a dataset).
 """
 from __future__ import annotations
 
@@ -127,17 +129,20 @@ def _labels(specs: Sequence[ModelSpec]) -> list[str]:
   return out
 
 
-def evaluate_dirs(model_specs: Sequence[str | ModelSpec], rows: Sequence[Mapping], seed: int = 0, *,
-                  batch_size: int = 32, dtype: str = "float32", max_examples: int | None = None,
-                  log=print) -> dict[str, dict[str, dict]]:
+def evaluate_dirs(model_specs: Sequence[str | ModelSpec], rows: Sequence[Mapping] = (), seed: int = 0, *,
+                  statements: Sequence[Mapping] = (), batch_size: int = 32, dtype: str = "float32",
+                  max_examples: int | None = None, log=print) -> dict[str, dict[str, dict]]:
   """{model label: {task: metrics}} of each encoder on the eval sets of `rows` (one split's
-  `pipelines.read_split`). The sets are built once; each model embeds their distinct texts once."""
+  `pipelines.read_split`), or of hand-written `statements` (`text_tasks.statement_sets`). The sets
+  are built once; each model embeds their distinct texts once."""
   from data_pipelines import text_tasks
   specs = [ModelSpec.parse(s) if isinstance(s, str) else s for s in model_specs]
   start = time.perf_counter()
-  sets = metrics.limit_queries(text_tasks.eval_sets(rows, seed), max_examples)
+  sets = text_tasks.statement_sets(statements, seed) if statements else text_tasks.eval_sets(rows, seed)
+  sets = metrics.limit_queries(sets, max_examples)
   distinct = len({p for s in sets.values() for p in metrics.set_texts(s)})
-  log(f"eval sets of {len(rows)} reports: {sum(len(s.queries) for s in sets.values())} queries, {distinct} "
+  source = f"{len(statements)} statements" if statements else f"{len(rows)} reports"
+  log(f"eval sets of {source}: {sum(len(s.queries) for s in sets.values())} queries, {distinct} "
       f"distinct texts to embed; built in {time.perf_counter() - start:.1f} s")
   results: dict[str, dict[str, dict]] = {}
   for spec, label in zip(specs, _labels(specs)):
@@ -181,6 +186,31 @@ def read_rows(data_dir: str | None, split: str) -> list[dict]:
   return pipelines.read_split(data_dir, split)
 
 
+def read_statements(path: str) -> list[dict]:
+  """Hand-written statements, one JSON object per line: {"expanded": str, "abbreviated": str,
+  "errors": [str, ...]} (benchmarks/statements.jsonl); every line is checked."""
+  try:
+    lines = pathlib.Path(path).read_text().splitlines()
+  except OSError as e:
+    raise embed.InputError(f"--statements={path}: {e.strerror or e}") from None
+  out = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      item = json.loads(line)
+    except ValueError as e:
+      raise embed.InputError(f"{path}:{n}: not JSON ({e})") from None
+    texts = [item.get("expanded"), item.get("abbreviated")] + list(item.get("errors") or [None]) \
+        if isinstance(item, dict) else [None]
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+      raise embed.InputError(f'{path}:{n}: needs non-empty "expanded", "abbreviated" and a list of "errors"')
+    out.append(item)
+  if not out:
+    raise embed.InputError(f"{path} holds no statements")
+  return out
+
+
 def _define_flags():
   """Defined only when run as a program: the training stages import this module too."""
   return dict(
@@ -188,6 +218,8 @@ def _define_flags():
                                           ":bidirectional, :layers=N, :pooling=MODE, :max_length=N; repeatable."),
       data_dir=flags.DEFINE_string("data_dir", None, "Prepared dataset (default: the demo set, built on first use)."),
       split=flags.DEFINE_string("split", "test", "Split whose reports are evaluated."),
+      statements=flags.DEFINE_string("statements", None, "Evaluate on hand-written statements (JSON lines, "
+                                     "see read_statements) instead of a split's reports."),
       output=flags.DEFINE_string("output", None, "Write {model: {task: metrics}} here as JSON."),
       max_examples=flags.DEFINE_integer("max_examples", None, "Keep the first N queries of each set."),
       batch_size=flags.DEFINE_integer("batch_size", 32, "Texts per forward pass."),
@@ -214,8 +246,9 @@ def main(argv, f) -> int:
     specs = [ModelSpec.parse(s) for s in f["model_dir"].value]
     for spec in specs:
       is_bert(spec.model_dir)  # a missing directory fails before the sets take seconds to build
-    rows = read_rows(f["data_dir"].value, f["split"].value)
-    results = evaluate_dirs(specs, rows, f["seed"].value, batch_size=f["batch_size"].value,
+    statements = read_statements(f["statements"].value) if f["statements"].value else ()
+    rows = () if statements else read_rows(f["data_dir"].value, f["split"].value)
+    results = evaluate_dirs(specs, rows, f["seed"].value, statements=statements, batch_size=f["batch_size"].value,
                             dtype=f["dtype"].value, max_examples=f["max_examples"].value)
   except (embed.InputError, NonFiniteError, FileNotFoundError, KeyMismatchError, SafetensorsError, ValueError,
           OSError) as e:

@@ -330,6 +330,13 @@ def _status(rule: _Rule, c: _Context, prev_cue: int | None) -> tuple[int, int | 
 
 def mentions(text: str) -> list[Mention]:
   """Every mention in `text` with its status, laterality, severity and zone."""
+  return list(_mentions(text))
+
+
+# Building the supervised tasks re-labels the same sentences many times (each variant is checked by
+# re-labelling); caching cuts that build by about half.
+@functools.lru_cache(maxsize=1 << 16)
+def _mentions(text: str) -> tuple[Mention, ...]:
   out: list[Mention] = []
   matches = _matches(text)
   for sent_start, sent_end in _sentences(text):
@@ -364,7 +371,7 @@ def mentions(text: str) -> list[Mention]:
       prev = Mention(rule.finding, rule.detail, status, start, end, (sent_start, sent_end), side, severity, zone)
       out.append(prev)
       prev_end, prev_cue = end, cue
-  return out
+  return tuple(out)
 
 
 def _combine_sides(sides: list[str]) -> str | None:

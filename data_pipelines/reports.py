@@ -492,11 +492,14 @@ def swap_abbreviations(text: str, rng: np.random.Generator | None = None, p: flo
   return pattern.sub(replace, text)
 
 
+# expand / abbreviate are pure and the task builders call them on the same texts many times.
+@functools.lru_cache(maxsize=1 << 16)
 def expand(text: str, lexicon: str = "all") -> str:
   """Every abbreviation of `lexicon` written out."""
   return swap_abbreviations(text, direction="expand", lexicon=lexicon)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def abbreviate(text: str, lexicon: str = "all") -> str:
   """The canonical abbreviated form: expanded first, so abbreviations already in the text are
   rewritten in the table's own form too ("right IJ" -> "RIJ"). Hence abbreviate(expand(a)) == a for

@@ -218,7 +218,8 @@ class SupervisedBatches:
     positive_{input_ids,attention_mask,embed_mask}  int32 (R, L): no instruction
     negative_{input_ids,attention_mask,embed_mask}  int32 (R, n, L): the example's first n negatives;
                                                     one with fewer repeats its last
-    negative_valid                                  bool (R, n): False on those repeats
+    negative_valid                                  bool (R, n): False on those repeats and on a
+                                                    negative whose L tokens equal a positive's
     task_index                                      int32 (R,): index into `text_tasks.TRAIN_TASKS`
   """
 
@@ -274,8 +275,12 @@ class SupervisedBatches:
     mine = negatives[rows.start * n:rows.stop * n]
     flat = pad(mine) if mine else {k: np.zeros((0, l), np.int32) for k in ("input_ids", "attention_mask", "embed_mask")}
     out.update({f"negative_{k}": v.reshape(r, n, l) for k, v in flat.items()})
-    out["negative_valid"] = np.asarray([[j < len(e.negatives) for j in range(n)] for e in examples],
-                                       bool).reshape(r, n)
+    # A negative that truncation to L made identical to a positive of the batch (an error in the
+    # last sentence of a long report) is not a negative: it would be a second right answer.
+    answers = {tuple(ids[:l]) for ids, _ in positives}
+    valid = [j < len(e.negatives) and tuple(mine[i * n + j][0][:l]) not in answers
+             for i, e in enumerate(examples) for j in range(n)]
+    out["negative_valid"] = np.asarray(valid, bool).reshape(r, n)
     out["task_index"] = np.asarray([text_tasks.TRAIN_TASKS.index(e.task) for e in examples], np.int32)
     return out
 
@@ -285,7 +290,7 @@ class SupervisedBatches:
 # Bump when the cache format changes. The builders' own source is part of the key as well, so an
 # edit to the lexicon, the variants or the task builder never serves stale examples.
 CACHE_VERSION = 1
-_BUILDER_MODULES = ("text_tasks", "variants", "shorthand", "reports")
+_BUILDER_MODULES = ("text_tasks", "variants", "shorthand", "reports", "labels")
 _ROW_FIELDS = ("report_tagged", "report", "findings", "impression")  # what training_examples reads
 
 

@@ -425,6 +425,36 @@ def eval_sets(rows: Iterable[Mapping], seed: int = 0, *, n_options: int = 4) -> 
   return out
 
 
+STATEMENT_SETS = ("abbreviated_to_expanded_sentence", "expanded_to_abbreviated_sentence", "error_mc4")
+
+
+def statement_sets(items: Sequence[Mapping], seed: int = 0) -> dict[str, RetrievalSet | ChoiceSet]:
+  """STATEMENT_SETS of hand-written statements, each {"expanded": text, "abbreviated": the same
+  written as a radiologist's shorthand, "errors": the expanded text with one clinical error each}:
+  abbreviated <-> expanded retrieval among all statements of that form, and MC4 with the
+  abbreviated form as query and the expanded one among its errors as options (in an order
+  seeded by (seed, statement)). Nothing here rewrites text, so the lexicon is not what is tested."""
+  abbreviated, expanded = [i["abbreviated"] for i in items], [i["expanded"] for i in items]
+  out: dict[str, RetrievalSet | ChoiceSet] = {
+      "abbreviated_to_expanded_sentence": _retrieval("abbreviated_to_expanded_sentence",
+                                                     INSTRUCTIONS["abbreviated_to_expanded_sentence"],
+                                                     zip(abbreviated, expanded)),
+      "expanded_to_abbreviated_sentence": _retrieval("expanded_to_abbreviated_sentence",
+                                                     INSTRUCTIONS["expanded_to_abbreviated_sentence"],
+                                                     zip(expanded, abbreviated))}
+  n = min(len(i["errors"]) for i in items) + 1 if items else 0
+  rows = []
+  for item in items:
+    options = [item["expanded"]] + list(item["errors"][:n - 1])
+    order = _rng(seed, "statement", item["expanded"]).permutation(n)
+    kinds = ["correct"] + ["error"] * (n - 1)
+    rows.append((item["abbreviated"], tuple(options[i] for i in order), int(np.argmin(order)),
+                 tuple(kinds[i] for i in order), "abbreviated"))
+  out["error_mc4"] = ChoiceSet("error_mc4", INSTRUCTIONS["shorthand_to_sentence"], *(tuple(r[k] for r in rows)
+                                                                                    for k in range(5)))
+  return out
+
+
 def eval_texts(sets: Mapping[str, RetrievalSet | ChoiceSet]) -> set[str]:
   """Every query, candidate and option of `sets`: pass as `training_examples(exclude=...)`."""
   texts: set[str] = set()

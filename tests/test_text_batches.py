@@ -207,6 +207,19 @@ def test_supervised_batches_shapes_tasks_and_negatives():
   assert one["negative_input_ids"].shape == (4, 1, MAX_LENGTH) and one["negative_valid"].all()
 
 
+def test_supervised_negative_that_truncation_makes_a_positive_is_invalid():
+  # The error sits past max_length in the first example (its truncated negative is its positive)
+  # and in the second the truncated negative equals the *other* row's positive: neither is scored.
+  head = " ".join(f"w{i}" for i in range(MAX_LENGTH))
+  examples = [tt.Example("summarization", "", "q0", f"{head} left", (f"{head} right", "short error"), ("laterality",) * 2),
+              tt.Example("summarization", "", "q1", f"{head} x", (f"{head} y",), ("severity",)),
+              tt.Example("summarization", "", "q2", "plain", ("plain not",), ("false_negation",))]
+  b = tb.SupervisedBatches(examples, _words(), 3, MAX_LENGTH, seed=0, n_negatives=2, length_multiple=0).batch(0)
+  order = [e.query for e in (examples[i] for i in tb.SupervisedBatches(examples, _words(), 3, MAX_LENGTH, 0).indices(0))]
+  valid = dict(zip(order, b["negative_valid"].tolist()))
+  assert valid == {"q0": [False, True], "q1": [False, False], "q2": [True, False]}
+
+
 def test_supervised_order_is_the_task_batch_sampler():
   examples = _examples()
   maker = tb.SupervisedBatches(examples, _words(), 4, MAX_LENGTH, seed=3)

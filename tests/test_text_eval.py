@@ -237,6 +237,55 @@ def test_column_labels_stay_apart():
   assert evaluate_text._labels(specs) == ["w1/export", "w2/export", "w1/export#2", "s:causal"]
 
 
+STATEMENTS = [
+    {"expanded": "small left pleural effusion", "abbreviated": "small left pl eff",
+     "errors": ["small right pleural effusion", "large left pleural effusion", "no left pleural effusion"]},
+    {"expanded": "right lower lobe consolidation", "abbreviated": "RLL consolidation",
+     "errors": ["left lower lobe consolidation", "right upper lobe consolidation", "no consolidation"]},
+]
+
+
+def test_statement_sets_bag_of_words():
+  sets = text_tasks.statement_sets(STATEMENTS)
+  assert list(sets) == list(text_tasks.STATEMENT_SETS)
+  a2e = sets["abbreviated_to_expanded_sentence"]
+  assert a2e.queries == ("small left pl eff", "RLL consolidation") and a2e.answers == (0, 1)
+  assert sets["expanded_to_abbreviated_sentence"].candidates == ("small left pl eff", "RLL consolidation")
+  mc = sets["error_mc4"]
+  for item, options, answer, kinds in zip(STATEMENTS, mc.options, mc.answers, mc.option_kinds):
+    assert sorted(options) == sorted([item["expanded"]] + item["errors"])
+    assert options[answer] == item["expanded"] and kinds[answer] == "correct" and kinds.count("error") == 3
+  assert text_tasks.statement_sets(STATEMENTS, seed=0) == sets  # seeded, deterministic
+  out = tt.evaluate_sets(BagOfWords(), sets)
+  # Bag of words: "small left pl eff" shares two words with its answer and one with each error (a
+  # hit); "RLL consolidation" shares only "consolidation", with its answer and with the laterality
+  # error alike (a tie: a miss). In retrieval each query's answer is its best candidate.
+  assert out["abbreviated_to_expanded_sentence"]["R@1"] == 1.0
+  assert out["error_mc4"]["accuracy"] == 0.5 and out["error_mc4"]["chance"] == 0.25
+
+
+def test_read_statements(tmp_path):
+  path = tmp_path / "s.jsonl"
+  path.write_text("\n".join(json.dumps(s) for s in STATEMENTS) + "\n\n")
+  assert evaluate_text.read_statements(str(path)) == STATEMENTS
+  for body, match in [("{nope", r"s.jsonl:1: not JSON"), ('{"expanded": "a", "abbreviated": "b"}', "errors"),
+                      ('{"expanded": "a", "abbreviated": " ", "errors": ["c"]}', "non-empty"), ("", "no statements")]:
+    path.write_text(body)
+    with pytest.raises(evaluate_text.embed.InputError, match=match):
+      evaluate_text.read_statements(str(path))
+  with pytest.raises(evaluate_text.embed.InputError, match="--statements"):
+    evaluate_text.read_statements(str(tmp_path / "missing.jsonl"))
+
+
+def test_committed_statements_are_well_formed():
+  import pathlib
+  items = evaluate_text.read_statements(str(pathlib.Path(__file__).parents[1] / "benchmarks" / "statements.jsonl"))
+  sets = text_tasks.statement_sets(items)
+  assert len(items) >= 40 and all(len(i["errors"]) == 3 for i in items)
+  assert len(sets["abbreviated_to_expanded_sentence"].queries) == len(items)  # no statement dropped as ambiguous
+  assert len({text_tasks.text_key(o) for i in items for o in [i["expanded"]] + i["errors"]}) == 4 * len(items)
+
+
 # ---- the CLI on a tiny random LLM and a tiny prepared dataset ------------------------------------------
 
 REPORTS = [
