@@ -275,10 +275,10 @@ class SupervisedBatches:
     mine = negatives[rows.start * n:rows.stop * n]
     flat = pad(mine) if mine else {k: np.zeros((0, l), np.int32) for k in ("input_ids", "attention_mask", "embed_mask")}
     out.update({f"negative_{k}": v.reshape(r, n, l) for k, v in flat.items()})
-    # A negative that truncation to L made identical to a positive of the batch (an error in the
-    # last sentence of a long report) is not a negative: it would be a second right answer.
-    answers = {tuple(ids[:l]) for ids, _ in positives}
-    valid = [j < len(e.negatives) and tuple(mine[i * n + j][0][:l]) not in answers
+    # A negative that truncation to max_length made identical to a positive of the batch (an error
+    # in the last sentence of a long report) is not a negative: it would be a second right answer.
+    answers = {tuple(ids) for ids, _ in positives}
+    valid = [j < len(e.negatives) and tuple(mine[i * n + j][0]) not in answers
              for i, e in enumerate(examples) for j in range(n)]
     out["negative_valid"] = np.asarray(valid, bool).reshape(r, n)
     out["task_index"] = np.asarray([text_tasks.TRAIN_TASKS.index(e.task) for e in examples], np.int32)
