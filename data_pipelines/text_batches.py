@@ -202,6 +202,18 @@ class SimcseBatches:
 # ---- Supervised contrastive ------------------------------------------------------------------------
 
 
+def drop_cut_reports(examples: Sequence[text_tasks.Example], tokenizer: Llm2VecTokenizer, max_length: int,
+                     tasks: Sequence[str] = ("impression_to_report",)) -> tuple[list[text_tasks.Example], int]:
+  """(examples, number dropped): those of `tasks` whose positive is longer than `max_length`
+  tokens are dropped. An impression -> report positive cut short loses its IMPRESSION (it ends the
+  report), the one part the query states: kept, the pair would teach matching an impression to
+  findings that it does not summarize, and every one of its error negatives would equal it."""
+  wanted = [i for i, e in enumerate(examples) if e.task in tasks]
+  rows = dataclasses.replace(tokenizer, max_length=max_length + 1).encode_rows([examples[i].positive for i in wanted])
+  cut = {i for i, (ids, _) in zip(wanted, rows) if len(ids) > max_length}
+  return [e for i, e in enumerate(examples) if i not in cut], len(cut)
+
+
 class SupervisedBatches:
   """(instructed query, positive, hard negatives) batches, one task per global batch.
 

@@ -9,7 +9,7 @@ Training (`training_examples`, `TaskBatchSampler`): llm2vec's supervised recipe,
 carries a task instruction, documents carry none, every example has hard negatives, and each global
 batch holds one task. The hard negatives of an example are one-error variants of its positive in
 the positive's own style (`variants.hard_negatives` / `variants.restyled`): they differ from it in
-one clinical fact only (the MC4 form).
+one clinical fact only (the MC4 form); impression -> report also gets a mined other report.
 
 Evaluation (`eval_sets`): plain data, scored by the caller from embeddings (see `RetrievalSet` and
 `ChoiceSet` for exactly how). A query is dropped when its answer is ambiguous (the same query text
@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from data_pipelines import mining
 from data_pipelines import reports
 from data_pipelines import shorthand
 from data_pipelines import variants
@@ -172,7 +173,7 @@ def _sentence_examples(s: str, b: _Builder) -> Iterator[tuple[str, str, str, lis
 
 def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence[str] = TRAIN_TASKS,
                       n_negatives: int = 3, error_weights: Mapping[str, float] | None = DEFAULT_ERROR_WEIGHTS,
-                      min_negatives: int = 1, exclude: Iterable[str] = ()) -> list[Example]:
+                      min_negatives: int = 1, exclude: Iterable[str] = (), mining_pool: int = 8192) -> list[Example]:
   """Supervised examples of `tasks` (names in INSTRUCTIONS) from the rows of one split.
 
   Examples come task by task, in row order (sentences in first-occurrence order); an example whose
@@ -181,6 +182,8 @@ def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence
   `text_key`; negatives in it are dropped). Pass `eval_texts(eval_sets(test_rows))` to keep every
   evaluated text out of training, including the stock sentences and exact duplicate reports that
   real splits share; without it, only the rows given are used, nothing else.
+  impression_to_report examples get one more negative, first: another report of the rows, mined
+  (`_with_other_reports`, from a sample of `mining_pool` reports).
   """
   unknown = set(tasks) - set(INSTRUCTIONS)
   if unknown:
@@ -203,8 +206,11 @@ def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence
 
   report_level = wanted - {t for t in wanted if t.endswith("_sentence")}
   sentences: dict[str, str] = {}
+  pool: dict[str, _Report] = {}
   for row in rows:
     r = _report(row)
+    if text_key(r.text) not in excluded:
+      pool.setdefault(text_key(r.text), r)
     if report_level:
       for example in _report_examples(r, builder):
         add(*example)
@@ -213,7 +219,31 @@ def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence
     for s in sentences.values():
       for example in _sentence_examples(s, builder):
         add(*example)
+  if by_task.get("impression_to_report"):
+    by_task["impression_to_report"] = _with_other_reports(by_task["impression_to_report"], list(pool.values()),
+                                                          seed, pool_size=mining_pool)
   return [e for t in tasks for e in by_task[t]]
+
+
+def _with_other_reports(examples: list[Example], pool: list[_Report], seed: int, *, pool_size: int) -> list[Example]:
+  """impression_to_report examples with a mined first negative: the other report of the split
+  (from a seeded sample of `pool_size`) most like the query (`mining.neighbours`), never one with
+  the same impression, which would be a second right answer. Evaluation ranks an impression against
+  every report of a split, and what outranks the right one there is such other reports (short,
+  impression-only ones above all), which the one-error variants of its own report never show."""
+  if len(pool) > pool_size:
+    pool = [pool[i] for i in sorted(_rng(seed, "mining pool").choice(len(pool), pool_size, replace=False))]
+  positive = [text_key(e.positive) for e in examples]
+  impression = [mining.word_key(e.query.removeprefix(f"[{reports.IMPRESSION}]")) for e in examples]
+  pool_text, pool_impression = [text_key(r.text) for r in pool], [mining.word_key(r.impression) for r in pool]
+
+  def allowed(i: int, j: int) -> bool:
+    return pool_text[j] != positive[i] and pool_impression[j] != impression[i]
+
+  mined = mining.neighbours([e.query for e in examples], [r.text for r in pool], allowed)
+  return [e if j is None else dataclasses.replace(e, negatives=(pool[j].text,) + e.negatives,
+                                                   negative_kinds=("other_report",) + e.negative_kinds)
+          for e, j in zip(examples, mined)]
 
 
 class TaskBatchSampler:
@@ -400,7 +430,8 @@ def eval_sets(rows: Iterable[Mapping], seed: int = 0, *, n_options: int = 4) -> 
     sentence of the split) or report in its abbreviated form (`reports.abbreviate`) -> its expanded
     form (`reports.expand`) among all expanded ones, and the reverse; only texts whose two forms
     differ.
-  - impression_to_report: "[IMPRESSION] …" -> its full report among every report of the split.
+  - impression_to_report: "[IMPRESSION] …" -> its full report among every report of the split;
+    only impressions no other report states (up to case and punctuation).
   - error_mc4: see `ChoiceSet`; reports where `n_options - 1` distinct errors apply.
   """
   rs = list({text_key(r.text): r for r in map(_report, rows)}.values())
@@ -417,9 +448,12 @@ def eval_sets(rows: Iterable[Mapping], seed: int = 0, *, n_options: int = 4) -> 
                         (f"expanded_to_abbreviated_{level}", [(e, a) for a, e in forms])):
       task = name[:-len("_report")] if level == "report" else name
       out[name] = _retrieval(name, INSTRUCTIONS[task], pairs)
+  # An impression that another report states too, up to case and punctuation, has two right answers.
+  said = collections.Counter(mining.word_key(r.impression) for r in rs if r.impression)
   out["impression_to_report"] = _retrieval(
       "impression_to_report", INSTRUCTIONS["impression_to_report"],
-      [(f"[{reports.IMPRESSION}] {r.impression}", r.text) for r in both if reports.TAG.search(r.text)],
+      [(f"[{reports.IMPRESSION}] {r.impression}", r.text) for r in both
+       if reports.TAG.search(r.text) and said[mining.word_key(r.impression)] == 1],
       [r.text for r in rs])
   out["error_mc4"] = _error_mc4(rs, seed, n_options)
   return out

@@ -1,5 +1,6 @@
 """Text-task data: supervised training examples, the one-task batch sampler and the evaluation sets."""
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -42,14 +43,16 @@ def test_every_task_has_examples(examples):
   assert set(counts) == set(tt.TRAIN_TASKS), counts
   for e in examples:
     assert e.instruction == tt.INSTRUCTIONS[e.task] and e.query and e.positive
-    assert 1 <= len(e.negatives) <= 3 and len(e.negative_kinds) == len(e.negatives)
+    mined = e.negative_kinds[:1] == ("other_report",)  # impression_to_report's, first
+    assert mined == (e.task == "impression_to_report")
+    assert 1 <= len(e.negatives) - mined <= 3 and len(e.negative_kinds) == len(e.negatives)
     keys = {tt.text_key(t) for t in (e.positive, *e.negatives)}
     assert len(keys) == 1 + len(e.negatives)  # distinct, none equal to the positive
     assert tt.text_key(e.query) != tt.text_key(e.positive)
     # One clinical fact differs from the positive (for impression_to_report, in the impression the
     # query states: the report-level labels keep the first grade stated, which is the findings').
     part = (lambda t: reports.from_tagged(t).impression) if e.task == "impression_to_report" else (lambda t: t)
-    for negative in e.negatives:
+    for negative in e.negatives[mined:]:
       assert variants.meaning(part(negative)) != variants.meaning(part(e.positive))
 
 
@@ -79,10 +82,30 @@ def test_examples_pair_the_right_texts(examples):
 def test_deterministic_and_independent_of_other_rows(examples):
   assert tt.training_examples(TRAIN, seed=0) == examples
   assert tt.training_examples(TRAIN, seed=1) != examples
-  # Each example is seeded by its own text: a subset of rows gives a subset of the examples.
+  # Each example is seeded by its own text: a subset of rows gives a subset of the examples (but
+  # for impression_to_report's mined negative, which is another row).
   report_level = [t for t in tt.TRAIN_TASKS if not t.endswith("_sentence")]
+  unmined = lambda es: {dataclasses.replace(e, negatives=e.negatives[1:], negative_kinds=e.negative_kinds[1:])
+                        if e.negative_kinds[:1] == ("other_report",) else e for e in es}
   subset = tt.training_examples(TRAIN[1:3], seed=0, tasks=report_level)
-  assert subset and set(subset) <= set(examples)
+  assert subset and unmined(subset) <= unmined(examples)
+
+
+def test_impression_to_report_mines_the_most_alike_other_report():
+  rows = [_row("Heart size normal. Lungs clear.", "No acute cardiopulmonary process."),
+          _row("Normal heart. Clear lungs.", "No acute cardiopulmonary process.."),  # the same impression
+          _row("", "No acute process. Stable right rib fracture."),  # impression-only, the most alike
+          _row("Large left pleural effusion.", "Left pleural effusion."),
+          _row("Mild cardiomegaly. Small right pleural effusion.", "Cardiomegaly with a small right effusion.")]
+  examples = tt.training_examples(rows, tasks=("impression_to_report",), n_negatives=1)
+  by_query = {e.query: e for e in examples}
+  first = by_query["[IMPRESSION] No acute cardiopulmonary process."]
+  # The second row states the same impression (punctuation aside): a right answer, never a negative.
+  assert first.negative_kinds[0] == "other_report" and first.negatives[0] == rows[2]["report_tagged"]
+  effusion = by_query["[IMPRESSION] Left pleural effusion."]
+  assert effusion.negatives[0] == rows[4]["report_tagged"]
+  # Mining is by words, not by the answer: the negative is never the example's own report.
+  assert all(e.negatives[0] != e.positive for e in examples)
 
 
 def test_options():
@@ -203,13 +226,15 @@ def test_error_mc4():
 
 def test_ambiguous_queries_are_dropped():
   rows = [_row("The lungs are clear.", "No acute disease."), _row("The lungs are clear.", "Normal chest."),
-          _row("Small left pleural effusion.", "No acute disease."), TEST[0], TEST[0]]
+          _row("Small left pleural effusion.", "No acute disease."), TEST[0], TEST[0],
+          _row("Heart size normal.", "No pneumothorax."), _row("Lungs clear.", "No pneumothorax..")]
   sets = tt.eval_sets(rows, seed=0)
   f2i = sets["findings_to_impression"]
   assert "The lungs are clear." not in f2i.queries  # two different impressions: ambiguous
   assert f2i.candidates.count("No acute disease.") == 1  # duplicates are one candidate
   i2r = sets["impression_to_report"]
   assert "[IMPRESSION] No acute disease." not in i2r.queries  # shared by two different reports
+  # ... or by two up to punctuation: both "No pneumothorax." and "No pneumothorax.." are dropped.
   assert i2r.queries == ("[IMPRESSION] Normal chest.", f"[IMPRESSION] {TEST[0]['impression']}")
 
 

@@ -220,6 +220,19 @@ def test_supervised_negative_that_truncation_makes_a_positive_is_invalid():
   assert valid == {"q0": [False, True], "q1": [False, False], "q2": [True, False]}
 
 
+def test_impression_to_report_examples_cut_before_the_impression_are_dropped():
+  long_report = " ".join(f"w{i}" for i in range(MAX_LENGTH)) + " [IMPRESSION] No effusion."
+  tokenizer = _words()
+  specials = len(tokenizer.encode_rows(["w0"])[0][0]) - 1
+  fits = " ".join(f"w{i}" for i in range(MAX_LENGTH - specials))
+  assert len(tokenizer.encode_rows([fits])[0][0]) == MAX_LENGTH  # exactly fits: kept
+  examples = [tt.Example("impression_to_report", "", "[IMPRESSION] No effusion.", long_report, ("n",), ("severity",)),
+              tt.Example("impression_to_report", "", "q", fits, ("n",), ("severity",)),
+              tt.Example("reordered_to_report", "", "q", long_report, ("n",), ("severity",))]  # other tasks: kept
+  kept, dropped = tb.drop_cut_reports(examples, tokenizer, MAX_LENGTH)
+  assert kept == examples[1:] and dropped == 1
+
+
 def test_supervised_order_is_the_task_batch_sampler():
   examples = _examples()
   maker = tb.SupervisedBatches(examples, _words(), 4, MAX_LENGTH, seed=3)

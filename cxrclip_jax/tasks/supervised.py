@@ -28,6 +28,10 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
     held_out = text_tasks.eval_texts(ts.eval_sets(capped=False))
     examples = text_batches.cached_training_examples(
         ts.rows(config.data.train_split), assets.cache_dir() / "text_tasks", config.seed, exclude=sorted(held_out))
+    examples, cut = text_batches.drop_cut_reports(examples, ts.tokenizer, s.max_length)
+    if cut:
+      print(f"supervised: {cut} impression -> report examples dropped, their reports longer than "
+            f"{s.max_length} tokens (the cut removes the impression the query states)", flush=True)
     if len(examples) < s.batch_size:
       raise TrainingError(f"{len(examples)} supervised examples is less than one batch of {s.batch_size}")
     batches = text_batches.SupervisedBatches(examples, ts.tokenizer, s.batch_size, s.max_length, config.seed,
