@@ -92,6 +92,16 @@ def test_each_stage_starts_from_the_previous_merged_weights(chained, dataset, ll
                 - base["model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]).max() > 1e-6
 
 
+@pytest.mark.parametrize("chain_mode,mntp_mode", [("full", "lora"), ("lora", "full")])
+def test_a_stage_finetune_overrides_the_chains(dataset, llm_dir, tmp_path, chain_mode, mntp_mode):
+  config = tiny_config(dataset, llm_dir, finetune=chain_mode, **{"mntp.finetune": mntp_mode})
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  has_lora = lambda stage: any("lora" in "/".join(map(str, path)) for path, _ in jax.tree_util.tree_leaves_with_path(
+      jax.eval_shape(tasks.module(stage).build(config, tmp_path / stage, mesh, train=False).init_fn)))
+  assert has_lora("mntp") == ((mntp_mode or chain_mode) == "lora")
+  assert has_lora("supervised") == (chain_mode == "lora")  # the chain's: supervised sets none
+
+
 def _steps(config, workdir, devices, n=2):
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   task = tasks.module(config.task).build(config, workdir, mesh)

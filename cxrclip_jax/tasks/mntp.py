@@ -61,5 +61,5 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
       evaluate=lambda params, step: {"text_tasks": ts.evaluate({"model": params["model"]}, encoder)},
       format_metrics=lambda name, m: text_stage.text_eval.format_table({name: m}),
       export=lambda params, out: ts.export({"model": params["model"]}, out),
-      describe=f"{ts.model_dir.name}, {ts.llm_config.num_hidden_layers} layers, {config.finetune}"
+      describe=f"{ts.model_dir.name}, {ts.llm_config.num_hidden_layers} layers, {ts.finetune}"
                f"{'' if not train else f', {len(chunks)} chunks of {s.max_length} tokens'}")

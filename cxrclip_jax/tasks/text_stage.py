@@ -34,9 +34,10 @@ class TextStage:
     hf_config = hf.read_config(self.model_dir)
     n = config.num_layers
     self.num_layers = n if n and n < hf_config["num_hidden_layers"] else None
-    self.lora = lora_lib.LoraConfig(**config.lora.to_dict()) if config.finetune == "lora" else None
-    if config.finetune not in ("lora", "full"):
-      raise ValueError(f"finetune must be lora or full, got {config.finetune!r}")
+    self.finetune = stage.get("finetune") or config.finetune  # the stage's own, else the chain's
+    if self.finetune not in ("lora", "full"):
+      raise ValueError(f"finetune must be lora or full, got {self.finetune!r}")
+    self.lora = lora_lib.LoraConfig(**config.lora.to_dict()) if self.finetune == "lora" else None
     overrides = {"num_hidden_layers": self.num_layers} if self.num_layers else {}
     self.llm_config = LlmConfig.from_hf(hf_config, is_causal=False, dtype=config.text.dtype,
                                         remat=config.text.remat, lora=self.lora, **overrides)
