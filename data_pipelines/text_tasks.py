@@ -209,8 +209,8 @@ def training_examples(rows: Iterable[Mapping], seed: int = 0, *, tasks: Sequence
   pool: dict[str, _Report] = {}
   for row in rows:
     r = _report(row)
-    if text_key(r.text) not in excluded:
-      pool.setdefault(text_key(r.text), r)
+    if "impression_to_report" in wanted and text_key(r.text) not in excluded:
+      pool.setdefault(text_key(r.text), r)  # every report, impression-only ones too: the mining pool
     if report_level:
       for example in _report_examples(r, builder):
         add(*example)
