@@ -302,7 +302,7 @@ class SupervisedBatches:
 # Bump when the cache format changes. The builders' own source is part of the key as well, so an
 # edit to the lexicon, the variants or the task builder never serves stale examples.
 CACHE_VERSION = 1
-_BUILDER_MODULES = ("text_tasks", "variants", "shorthand", "reports", "labels")
+_BUILDER_MODULES = ("text_tasks", "variants", "shorthand", "reports", "labels", "mining")
 _ROW_FIELDS = ("report_tagged", "report", "findings", "impression")  # what training_examples reads
 
 
