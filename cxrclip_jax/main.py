@@ -2,10 +2,10 @@
 
 Dispatches on `config.task` (cxrclip_jax/tasks): clip, or llm2vec4cxr (configs/llm2vec4cxr.py).
 
-Config fields can be overridden on the command line (--config.train.epochs=3). On multi-host
-TPU pods and SLURM clusters `jax.distributed` is initialized from the environment (see launch/).
+Config fields can be overridden on the command line (--config.train.epochs=3). Several processes
+(--distributed=true) meet through JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+or the flags of those names; on SLURM and Cloud TPU JAX finds them itself (see launch/).
 """
-import os
 import sys
 
 from absl import app, flags, logging
@@ -16,12 +16,10 @@ from cxrclip_jax import host_memory
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, caches and metrics go (resumes if present).")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
                                  "Initialize jax.distributed (auto: when a cluster environment is detected).")
+_COORDINATOR = flags.DEFINE_string("jax_coordinator_address", None, "host:port of process 0 (else $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("jax_num_processes", None, "Number of processes (else $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("jax_process_id", None, "This process's index (else $JAX_PROCESS_ID).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file, optionally :variant.", lock_config=True)
-
-
-def _cluster_detected() -> bool:
-  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-              or len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
 
 
 def main(argv):
@@ -35,8 +33,9 @@ def main(argv):
   if config.get("keep_host_memory", True):
     host_memory.keep_freed_memory()  # before the first JAX computation
   import jax
-  if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and _cluster_detected()):
-    jax.distributed.initialize()
+  from cxrclip_jax import distributed
+  if _DISTRIBUTED.value == "true" or (_DISTRIBUTED.value == "auto" and distributed.cluster_detected()):
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 

@@ -113,6 +113,21 @@ def shard_params(params, abstract_boxed, mesh: Mesh, rules=DEFAULT_RULES):
   return jax.tree.map(jax.device_put, params, shardings), shardings
 
 
+def place_loaded(params, shardings, loaded: Mapping):
+  """`params` (already on the mesh) with every leaf present in the nested host dict `loaded`
+  replaced. Each device receives only its own slice (`make_array_from_callback`), so no process
+  ever holds a gathered copy of sharded params; leaves not in `loaded` keep their fresh init."""
+  def put(x, s, value):
+    value = np.asarray(value, x.dtype)
+    if value.shape != x.shape:
+      raise ValueError(f"loaded shape {value.shape} does not match the model's {x.shape}")
+    return jax.make_array_from_callback(x.shape, s, lambda idx: value[idx])
+  out = dict(params)
+  for k, v in loaded.items():
+    out[k] = place_loaded(params[k], shardings[k], v) if isinstance(v, Mapping) else put(params[k], shardings[k], v)
+  return out
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over data x fsdp; the rest replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))

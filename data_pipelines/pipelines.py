@@ -1,15 +1,15 @@
 """Grain input pipelines over prepared datasets (see prepare.py): numpy batches of fixed shape.
 
-    source -> (process shard) -> shuffle(seed) -> repeat -> [mix] -> map(decode, augment, tokenize)
-           -> batch -> mp_prefetch
+    train: source -> shuffle(seed) -> repeat -> [mix] -> map(decode, augment, tokenize)
+           -> this process's rows of each global batch -> batch -> mp_prefetch
+    eval:  source -> this process's records (strided, padded) -> map -> batch
 
 Batching happens on the MapDataset, so a batch is one indexable element: the stream is the same
 for any `worker_count`, and the iterator state (`it.get_state()` / `it.set_state()`) restores it
-mid-epoch exactly. Each JAX process reads its own slice of every dataset (`process_index`,
-`process_count` are passed in: this package never imports jax, though Grain 0.2 imports
-jax.tree_util itself when jax is installed) and yields batch_size / process_count rows.
-Training slices are cut to equal length, so every process yields the same number of batches;
-evaluation pads the last batch with rows whose `valid` is False. Images travel as uint8 and are
+mid-epoch exactly. Each JAX process reads its own share (`process_index`, `process_count` are
+passed in: this package never imports jax, though Grain 0.2 imports jax.tree_util itself when jax
+is installed) and yields batch_size / process_count rows: in training, its rows of the global
+batch one process would read, so the run does not depend on the process count; evaluation pads the last batch with rows whose `valid` is False. Images travel as uint8 and are
 normalized to float32 RGB per batch in the consuming process (`NormalizeImages`).
 
 Worker processes (worker_count > 0) read absl flags at start: parse flags first (absl.app.run,
@@ -93,6 +93,27 @@ class _PadTo(grain.MapDataset):
     return f"_PadTo({self._length})"
 
 
+class _ProcessRows(grain.MapDataset):
+  """Rows [p * B/P, (p+1) * B/P) of every global batch of B: process p's share of the stream."""
+
+  def __init__(self, parent: grain.MapDataset, batch_size: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._global, self._local = batch_size, batch_size // process_count
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self) -> str:
+    return f"_ProcessRows({self._offset}:{self._offset + self._local} of {self._global})"
+
+
 def _records(data_dir: str, split: str, dataset_index: int) -> grain.MapDataset:
   source = grain.sources.ArrayRecordDataSource(tfds_dataset.split_files(data_dir, split))
   return grain.MapDataset.source(source).map_with_index(_Tag(dataset_index, len(source)))
@@ -126,24 +147,23 @@ def _build(data_dirs: Sequence[str] | str, split: str, layout: _Layout,
     raise ValueError(f"process_index={layout.process_index} not in [0, {layout.process_count})")
   local = layout.batch_size // layout.process_count
   parts = [_records(d, split, k) for k, d in enumerate(data_dirs)]
-  mine = slice(layout.process_index, None, layout.process_count)
   if layout.train:
-    shuffled = []
-    for k, ds in enumerate(parts):
-      per_process = len(ds) // layout.process_count  # Equal on every process: equal batch counts.
-      if per_process == 0:
-        raise ValueError(f"{data_dirs[k]} {split} has {len(ds)} records, fewer than {layout.process_count} processes")
-      ds = ds[mine][:per_process].shuffle(seed=_seed(layout.seed, "shuffle", k))
-      shuffled.append(ds.repeat(layout.num_epochs))  # Reshuffled every epoch.
+    # One global stream, the same on every process: each takes its rows of every global batch, so
+    # N processes see exactly the batches one process would (and together read every record once).
+    shuffled = [ds.shuffle(seed=_seed(layout.seed, "shuffle", k)).repeat(layout.num_epochs)  # reshuffled per epoch
+                for k, ds in enumerate(parts)]
     if layout.weights is not None and len(layout.weights) != len(shuffled):
       raise ValueError(f"{len(layout.weights)} weights for {len(shuffled)} datasets")
     ds = shuffled[0] if len(shuffled) == 1 else grain.MapDataset.mix(shuffled, layout.weights)
+    ds = ds.random_map(transform, seed=_seed(layout.seed, "map"))  # keyed by global index
+    ds = _ProcessRows(ds, layout.batch_size, layout.process_index, layout.process_count)
   else:
     ds = grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
     total = len(ds)
     # Every process gets ceil(total / count) slots rounded up to whole batches: equal batch counts.
+    mine = slice(layout.process_index, None, layout.process_count)
     ds = _PadTo(ds[mine], math.ceil(math.ceil(total / layout.process_count) / local) * local)
-  ds = ds.random_map(transform, seed=_seed(layout.seed, "map"))
+    ds = ds.random_map(transform, seed=_seed(layout.seed, "map"))
   ds = ds.batch(local, drop_remainder=layout.train)
   # Elements are whole batches: a few in flight, a small buffer (these are large arrays).
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2 if layout.worker_count == 0 else 1,

@@ -112,11 +112,14 @@ def test_process_shards_cover_every_record_once(data):
     counts.append(len(batches))
     seen += [i for b in batches for i in b["record_index"][b["valid"]].tolist()]
   assert sorted(seen) == list(range(5)) and len(set(counts)) == 1
-  # Training: 14 records over 2 processes, batches of 2 per process: 3 batches each, disjoint.
-  train = [[i for b in _clip(data[0], batch_size=4, process_index=p, process_count=2, num_epochs=1)
-            for i in b["record_index"].tolist()] for p in range(2)]
-  assert len(train[0]) == len(train[1]) == 6 and not set(train[0]) & set(train[1])
-  assert all(i % 2 == p for p in range(2) for i in train[p])
+  # Training: each process reads its rows of every global batch, so two processes together read
+  # exactly the batches one process reads (14 records, global batch 4: 3 batches, disjoint halves).
+  one = [b["record_index"].tolist() for b in _clip(data[0], batch_size=4, num_epochs=1)]
+  two = [[b["record_index"].tolist() for b in _clip(data[0], batch_size=4, process_index=p, process_count=2,
+                                                      num_epochs=1)] for p in range(2)]
+  assert len(one) == len(two[0]) == len(two[1]) == 3
+  assert [a + b for a, b in zip(*two)] == one
+  assert len({i for b in one for i in b}) == 12
 
 
 def test_epochs_are_reshuffled(data):

@@ -21,8 +21,9 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 def export(run, output: pathlib.Path) -> None:
   import jax
   import numpy as np
+  from cxrclip_jax import sharding
   from cxrclip_jax.export import hf, keymap, safetensors_io, vision_hf
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), run.params())
+  params = jax.tree.map(sharding.to_host, run.params())  # gathers params sharded over hosts
   config, model = run.config, run.task.model
   vision_hf.save_vision_tower(output / "vision", model.vision, params["vision_model"])
   bert = config.text.get("family", "llm") == "bert"

@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
-from cxrclip_jax import sharding
+from cxrclip_jax import distributed, sharding
 from cxrclip_jax.eval import zeroshot
 from cxrclip_jax.eval.embedder import TextEmbedder
 from cxrclip_jax.export import bert_hf, hf, vision_hf
@@ -38,10 +38,13 @@ def data_dirs(config) -> list[str]:
   out = pathlib.Path(config.data.build_demo)
   if not out.is_absolute():
     out = assets.cache_dir() / f"{config.data.build_demo}_{config.data.image_size}px"
-  if not (out / "summary.json").is_file() or _status(out) != "ok":
-    print(f"building the demo set in {out} (once)", flush=True)
-    prepare.run(prepare.Options(dataset="demo", output=str(out), image_size=config.data.image_size,
-                                workers=max(1, config.data.workers)))
+  with distributed.main_first(f"demo set {out}"):  # built by process 0, then found by the others
+    if not (out / "summary.json").is_file() or _status(out) != "ok":
+      if not distributed.is_main():
+        raise prepare.PrepareError(f"process 0 did not build the demo set in {out}")
+      print(f"building the demo set in {out} (once)", flush=True)
+      prepare.run(prepare.Options(dataset="demo", output=str(out), image_size=config.data.image_size,
+                                  workers=max(1, config.data.workers)))
   return [str(out)]
 
 
@@ -236,7 +239,6 @@ def build_model(config, text: TextSide):
 def load_pretrained(config, params, shardings, text: TextSide):
   """Overwrites freshly initialized parts with pretrained weights (and the text statistics),
   placed with their shardings. LoRA branches (never in a checkpoint) keep their fresh init."""
-  params = dict(params)
   loaded = {}
   if text.mode in ("lora", "full"):
     loaded["text_encoder"] = text.load()[1]
@@ -245,18 +247,7 @@ def load_pretrained(config, params, shardings, text: TextSide):
                                                          dtype=config.train.dtype, remat=config.vision.remat)[1]
   if text.standardize:
     loaded["text_adapter"] = {"input_mean": text.stats[0], "input_scale": text.stats[1]}
-  for name, tree in loaded.items():
-    host = _overlay(jax.device_get(params[name]), tree)
-    params[name] = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), host, shardings[name])
-  return params
-
-
-def _overlay(base: dict, loaded: dict) -> dict:
-  """`base` with every leaf present in `loaded` replaced (nested dicts)."""
-  out = dict(base)
-  for k, v in loaded.items():
-    out[k] = _overlay(base[k], v) if isinstance(v, dict) else v
-  return out
+  return sharding.place_loaded(params, shardings, loaded)
 
 
 def param_groups(config):

@@ -13,6 +13,7 @@ import shutil
 
 import jax
 
+from cxrclip_jax import distributed
 from cxrclip_jax.export import hf
 from cxrclip_jax.train.task import TrainingError
 from data_pipelines import assets
@@ -61,4 +62,5 @@ def run(config, workdir, devices=None) -> dict:
     print(format_table(table), flush=True)
     (workdir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"LLM2VEC4CXR exported to {final}", flush=True)
+  distributed.barrier(f"export {workdir}")
   return results

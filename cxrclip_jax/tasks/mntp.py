@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cxrclip_jax import losses
+from cxrclip_jax import losses, sharding
 from cxrclip_jax.export import hf
 from cxrclip_jax.models.llm_encoder import LlmForMNTP
 from cxrclip_jax.tasks import text_stage
@@ -47,7 +47,7 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
 
   def load_pretrained(params, shardings):
     _, loaded = hf.load_mntp(ts.model_dir, num_layers=ts.num_layers)
-    return text_stage.place(params, shardings, loaded)
+    return sharding.place_loaded(params, shardings, loaded)
 
   ids = jnp.zeros((2, 8), jnp.int32)
   encoder = ts.encoder()

@@ -20,7 +20,7 @@ from cxrclip_jax.models import lora as lora_lib
 from cxrclip_jax.models.llm_encoder import LlmConfig, check_token_ids
 from cxrclip_jax.models.text_encoder import TextEncoder
 from cxrclip_jax.tasks import clip_setup
-from cxrclip_jax import sharding
+from cxrclip_jax import distributed, sharding
 from data_pipelines import assets, pipelines, text_tasks
 from data_pipelines.tokenization import Llm2VecTokenizer
 
@@ -66,7 +66,7 @@ class TextStage:
     pooling = self.pooling if "latent_attn.latents" in tensors or self.pooling != "latent_attention" else "mean"
     _, loaded, _ = hf.load_text_encoder(self.model_dir, pooling=pooling, num_layers=self.num_layers,
                                         num_latents=self.num_latents, latent_heads=self.latent_heads)
-    return place(params, shardings, loaded)
+    return sharding.place_loaded(params, shardings, loaded)
 
   def param_groups(self) -> tuple:
     if self.lora is None:
@@ -94,24 +94,11 @@ class TextStage:
     return text_eval.evaluate_sets(lambda texts, instr: embedder.embed(texts, instr), self.eval_sets())
 
   def export(self, encoder_params, out_dir) -> None:
-    """A plain HF directory (LoRA merged) with llm2vec_config.json; written by process 0."""
-    if jax.process_index() != 0:
-      return
+    """A plain HF directory (LoRA merged) with llm2vec_config.json: every process takes part in
+    gathering the params, process 0 writes, and all leave once it is on disk."""
     params = jax.tree.map(lambda x: np.asarray(sharding.to_host(x)), encoder_params)
-    hf.save_text_encoder(out_dir, self.llm_config, params, tokenizer_dir=self.model_dir, pooling=self.pooling,
-                         lora=self.lora, max_length=self.config.text.max_length, latent_heads=self.latent_heads,
-                         bidirectional=True)
-
-
-def overlay(base: dict, loaded: dict) -> dict:
-  """`base` with every leaf present in `loaded` replaced (nested dicts)."""
-  out = dict(base)
-  for k, v in loaded.items():
-    out[k] = overlay(base[k], v) if isinstance(v, dict) else v
-  return out
-
-
-def place(params, shardings, loaded: dict):
-  """Fresh params with the loaded (host) leaves put in, each placed with its sharding."""
-  host = overlay(jax.tree.map(np.asarray, jax.device_get(params)), loaded)
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), host, shardings)
+    if distributed.is_main():
+      hf.save_text_encoder(out_dir, self.llm_config, params, tokenizer_dir=self.model_dir, pooling=self.pooling,
+                           lora=self.lora, max_length=self.config.text.max_length, latent_heads=self.latent_heads,
+                           bidirectional=True)
+    distributed.barrier(f"export {out_dir}")
