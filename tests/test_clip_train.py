@@ -168,19 +168,41 @@ def test_accumulation_logs_the_schedule_in_updates(dataset, llm_dir, tmp_path):
   assert lr1[0] == 0 and lr1[3] == pytest.approx(2e-3)
 
 
-def test_non_finite_state_is_never_checkpointed(dataset, llm_dir, tmp_path, monkeypatch):
-  """A NaN entering between log steps stops the run before the next save, not after it."""
-  config = tiny_config(dataset, llm_dir, **{"train.steps": 6, "train.log_every": 100, "train.checkpoint_every": 2})
+def _poison_step(monkeypatch, steps):
+  """NaN images in the batches of the given (1-based) steps."""
   real, calls = clip_setup.device_batch, {"n": 0}
   def poisoned(batch, *args, **kw):
     calls["n"] += 1
-    if calls["n"] == 3:  # step 3: not a log step; step 4 saves
+    if calls["n"] in steps:
       batch = dict(batch, image=np.full_like(batch["image"], np.nan))
     return real(batch, *args, **kw)
   monkeypatch.setattr(clip_setup, "device_batch", poisoned)
-  with pytest.raises(tasks.TrainingError, match=r"at step [34]; nothing was saved after step 2"):
+
+
+def test_non_finite_step_stops_the_run_naming_it(dataset, llm_dir, tmp_path, monkeypatch):
+  """A NaN entering between log steps stops the run before the next save, naming its step."""
+  config = tiny_config(dataset, llm_dir, **{"train.steps": 6, "train.log_every": 100, "train.checkpoint_every": 2})
+  _poison_step(monkeypatch, {3})  # step 3: not a log step; step 4 saves
+  with pytest.raises(tasks.TrainingError, match=r"at step 3; the last checkpoint \(step 2\) is intact"):
     tasks.run(config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
+
+
+def test_non_finite_step_is_skipped_and_counted(dataset, llm_dir, tmp_path, monkeypatch):
+  common = {"train.steps": 4, "train.log_every": 1, "train.checkpoint_every": 0, "train.eval_every": 0,
+            "data.eval_splits": ""}
+  ref = _after_steps(tiny_config(dataset, llm_dir, **common), tmp_path / "ref", jax.devices()[:1], 2)[0]
+  _poison_step(monkeypatch, {3, 4})
+  tasks.run(tiny_config(dataset, llm_dir, **common, **{"train.nonfinite": "skip"}), tmp_path / "skip")
+  log = [json.loads(line) for line in (tmp_path / "skip" / "train_log.jsonl").read_text().splitlines()]
+  assert [m["finite"] for m in log] == [1, 1, 0, 0] and [m["skipped_steps"] for m in log] == [0, 0, 1, 2]
+  # Steps 3 and 4 changed nothing: the params are those after step 2.
+  params = tasks.load(tmp_path / "skip", devices=jax.devices()[:1])[0].state.params
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-6), params, ref)
+  _poison_step(monkeypatch, {2, 3})
+  with pytest.raises(tasks.TrainingError, match=r"2 non-finite steps in a row \(train.max_skips=1\) at step 3"):
+    tasks.run(tiny_config(dataset, llm_dir, **common, **{"train.nonfinite": "skip", "train.max_skips": 1}),
+              tmp_path / "stop")
 
 
 @pytest.mark.parametrize("overrides", [{"clip.loss": "siglip", "optim.lr": 3e-3},

@@ -66,7 +66,7 @@ def setup(config, workdir, task: Task, mesh) -> Run:
                                       opt_state=jax.jit(tx.init)(trainable),
                                       rng=jax.random.key_data(jax.random.key(config.seed + 1))), mesh)
   step = make_train_step(task.loss_fn, tx, lr_schedule, accum_steps=o.accum_steps, post_update=task.post_update,
-                         extra_metrics=task.extra_metrics)
+                         extra_metrics=task.extra_metrics, skip_nonfinite=_nonfinite_mode(config) == "skip")
   ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
                                  every=config.train.checkpoint_every)
   if jax.process_index() == 0:
@@ -94,6 +94,39 @@ def _finish_saves_on_error(checkpointer):
   except BaseException:
     checkpointer.wait()
     raise
+
+
+def _nonfinite_mode(config) -> str:
+  mode = config.train.get("nonfinite", "stop")
+  if mode not in ("skip", "stop"):
+    raise TrainingError(f"train.nonfinite must be skip or stop, got {mode!r}")
+  return mode
+
+
+class _NonFiniteGuard:
+  """Watches each step's `finite` flag as the step leaves the in-flight queue (no extra syncs).
+
+  stop: the first non-finite step ends the run; nothing after the last checkpoint is saved.
+  skip: the step's update was not applied (train/step.py); counted, and the run ends after
+  `max_skips` such steps in a row."""
+
+  def __init__(self, config, checkpointer):
+    self.mode, self.max_skips = _nonfinite_mode(config), int(config.train.get("max_skips", 5))
+    self.checkpointer, self.skipped, self.in_a_row = checkpointer, 0, 0
+
+  def check(self, step: int, finite) -> None:
+    if bool(finite):
+      self.in_a_row = 0
+      return
+    saved = f"the last checkpoint (step {self.checkpointer.latest_step() or 0}) is intact"
+    if self.mode == "stop":
+      raise TrainingError(f"non-finite loss or gradient norm at step {step}; {saved}. Lower optim.lr, check "
+                          f"the data, or set train.nonfinite=skip")
+    self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+    print(f"step {step}: non-finite loss or gradient norm, update skipped ({self.skipped} so far)", flush=True)
+    if self.in_a_row > self.max_skips:
+      raise TrainingError(f"{self.in_a_row} non-finite steps in a row (train.max_skips={self.max_skips}) at step "
+                          f"{step}; {saved}")
 
 
 def _all_finite(tree) -> jax.Array:
@@ -127,21 +160,23 @@ def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
   # batch and, on XLA:CPU, its whole temporary buffer (GBs for a text stage), so an unbounded
   # queue multiplies the step's memory.
   in_flight = collections.deque()
+  guard = _NonFiniteGuard(config, run.checkpointer)
   with sharding.activate(run.mesh), _finish_saves_on_error(run.checkpointer):
     for step in range(start + 1, task.total_steps + 1):
       if len(in_flight) >= c.max_in_flight:
-        jax.block_until_ready(in_flight.popleft())
+        guard.check(*in_flight.popleft())
       batch = task.device_batch(next(train_iter))
       run.state, metrics = run.train_step(run.state, run.frozen, batch)
-      in_flight.append(metrics["loss"])
+      in_flight.append((step, metrics["finite"]))
       save = step == task.total_steps or run.checkpointer.due(step)
       logged = step % c.log_every == 0 or step == task.total_steps
       if logged or save:  # a checkpoint is never written unchecked
+        while in_flight:
+          guard.check(*in_flight.popleft())
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
-        if bad or (save and not bool(all_finite(run.state.params))):
-          what = f"{bad[0]} became {metrics[bad[0]]}" if bad else "the params became non-finite"
-          raise TrainingError(f"{what} at step {step}; nothing was saved after step "
+        metrics["skipped_steps"] = guard.skipped
+        if save and not bool(all_finite(run.state.params)):
+          raise TrainingError(f"the params became non-finite by step {step}; nothing was saved after step "
                               f"{run.checkpointer.latest_step() or 0}. Lower optim.lr or check the data")
       if logged:
         now = time.perf_counter()

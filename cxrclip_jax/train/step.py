@@ -69,13 +69,15 @@ def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, rng: jax.Arr
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     accum_steps: int = 1, post_update: Callable[[Any], Any] | None = None,
-                    extra_metrics: Callable[[Any, Any], dict] | None = None):
+                    extra_metrics: Callable[[Any, Any], dict] | None = None, skip_nonfinite: bool = False):
   """The jitted, donated step.
 
   schedule: the optimizer's base learning-rate schedule (logged as `lr`: the rate this update used).
   post_update: params -> params after `apply_updates` (e.g. clamping a logit scale in place, as the
     released LLM2CLIP code does, so the forward pass needs no gradient-killing clip).
   extra_metrics: (params, frozen) -> dict of scalars logged with the step's metrics.
+  skip_nonfinite: a step whose loss or gradient norm is not finite leaves params and optimizer
+    state as they were (the step count and data still advance). `metrics["finite"]` says which.
   """
   def step(state: TrainState, frozen, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -84,7 +86,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     params = optax.apply_updates(state.params, updates)
     if post_update is not None:
       params = post_update(params)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "finite": finite.astype(jnp.float32),
                **{k: v for k, v in aux.items() if k != "weight"}}
     if extra_metrics is not None:
       metrics.update(extra_metrics(params, frozen))
