@@ -114,8 +114,13 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   # > 1: split each global batch into this many micro-batches inside the step (less activation
   # memory, same update). Steps, warmup and the schedule count optimizer updates. A contrastive
   # loss then sees only its micro-batch's negatives: InfoNCE over k micro-batches of b is not
-  # InfoNCE over k*b (exact large-batch contrastive gradients need gradient caching).
+  # InfoNCE over k*b (exact large-batch contrastive gradients: contrastive_chunks below).
   c.optim.accum_steps = 1
+  # > 1: GradCache (cxrclip_jax/train/gradcache.py). Both towers embed the batch in this many
+  # chunks (rows j, j+c, ...), keeping only the embeddings; the loss is over the whole batch; the
+  # backward re-runs one chunk at a time. Same gradients as 1 (exact for a dropout-free forward),
+  # activation memory of batch/c rows, ~1 extra forward pass of compute. Must divide the batch.
+  c.optim.contrastive_chunks = 1
   c.optim.layer_decay = 1.0         # < 1: layer-wise lr decay over the vision tower's blocks
   # (regex over param paths, options) pairs, first match wins; see cxrclip_jax/optim.py.
   c.optim.groups = ()
@@ -130,6 +135,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 2
   c.train.max_in_flight = 2         # steps dispatched ahead of the device (each holds its memory)
+  # A non-finite loss or gradient norm: "stop" ends the run (the last checkpoint stays intact);
+  # "skip" drops that update and goes on, ending after max_skips such steps in a row.
+  c.train.nonfinite = "stop"
+  c.train.max_skips = 5
 
   # --- mesh: sizes of (data, fsdp, tensor); -1 fills the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -159,6 +168,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 500
     c.optim.layer_decay = 0.85
+    # GradCache over the global batch of 512: the towers (ViT-L/14 at 448 px, 1025 tokens x 24
+    # layers, and the 1B LLM at 512 tokens) hold activations of 512/8 = 64 rows at a time (8 per
+    # device on 8 devices) while InfoNCE still scores all 512 x 512 pairs. This is what makes the
+    # paper's global batch 512 fit, where accum_steps would shrink the negatives to a micro-batch.
+    c.optim.contrastive_chunks = 8
     c.optim.groups = (
         (r"^text_encoder/.*/lora/", {}),            # LoRA branches train
         (r"^text_encoder/latent_attn/", {}),        # so does the pooling head

@@ -81,12 +81,20 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   # --- optimizer (HF Trainer's AdamW defaults; lr / warmup / weight decay come from each stage).
   c.optim = ml_collections.ConfigDict(dict(lr=0.0, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
                                            grad_clip=1.0, accum_steps=1, groups=()))
+  # > 1: GradCache (cxrclip_jax/train/gradcache.py) in the contrastive stages' loss (supervised):
+  # queries with their positives and negatives are embedded in this many chunks keeping only the
+  # embeddings, the loss scores the whole global batch, the backward re-runs one chunk at a time.
+  # Same gradients as 1 (exact for a dropout-free forward), activations of batch/c queries'
+  # texts, ~1 extra forward of compute. Must divide the supervised batch (per accum micro-batch).
+  c.optim.contrastive_chunks = 1
 
   # --- logging, checkpoints, evaluation (per stage).
   # max_in_flight: steps dispatched ahead of the device; on XLA:CPU each holds its whole
   # temporary buffer (~6 GB for the demo's supervised step), so keep it small.
+  # nonfinite: "stop" ends the run at a non-finite loss or gradient norm (the last checkpoint stays
+  # intact); "skip" drops that update and ends after max_skips such steps in a row.
   c.train = ml_collections.ConfigDict(dict(steps=0, log_every=10, eval_every=0, checkpoint_every=100,
-                                           keep_checkpoints=2, max_in_flight=2))
+                                           keep_checkpoints=2, max_in_flight=2, nonfinite="stop", max_skips=5))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   if arg == "demo":
@@ -119,9 +127,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   if arg == "mimic":
     # The released LLM2VEC4CXR: Llama-3.2-1B-Instruct, bidirectional, Llama-3 chat wrapper, 512
     # tokens, latent-attention pooling; llm2vec's stage settings and global batches (supervised:
-    # 64 per device x 8). On smaller hosts raise optim.accum_steps (a contrastive loss then sees
-    # only micro-batch negatives) — or use gradient caching once available.
+    # 64 per device x 8). GradCache in 8 chunks: the 1B LLM holds activations of 64 queries'
+    # 3 x 512-token texts at a time (8 queries per device on 8 devices) while every query still
+    # scores all 512 positives and 512 hard negatives: this is what makes the paper's global batch
+    # 512 fit (optim.accum_steps instead would shrink the negatives to a micro-batch's).
     c.stages = "mntp,simcse,supervised"
+    c.optim.contrastive_chunks = 8
     c.text.wrapper = "llama3"
     c.text.pooling = "latent_attention"
     c.text.dtype = "bfloat16"
