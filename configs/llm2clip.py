@@ -19,6 +19,8 @@ import math
 
 import ml_collections
 
+from cxrclip_jax import sharding
+
 _LORA_QKVO = r"(q_proj|k_proj|v_proj|o_proj)$"
 
 
@@ -142,6 +144,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
   # --- mesh: sizes of (data, fsdp, tensor); -1 fills the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis (models/) -> mesh axes; e.g. ("embed", None) keeps embeddings replicated under fsdp.
+  c.sharding_rules = sharding.DEFAULT_RULES
 
   if arg == "mimic":
     # The released LLM2CLIP4CXR recipe: LLM2VEC4CXR text side, frozen LLM with LoRA r16/a32 on
@@ -171,7 +175,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     # GradCache over the global batch of 512: the towers (ViT-L/14 at 448 px, 1025 tokens x 24
     # layers, and the 1B LLM at 512 tokens) hold activations of 512/8 = 64 rows at a time (8 per
     # device on 8 devices) while InfoNCE still scores all 512 x 512 pairs. This is what makes the
-    # paper's global batch 512 fit, where accum_steps would shrink the negatives to a micro-batch.
+    # paper's global batch 512 of ViT-L/14@448 + 1B LLM fit (accum_steps would instead shrink the
+    # negatives to a micro-batch's). benchmarks/gradcache_memory.py --mimic, one of 8 devices,
+    # XLA:CPU's buffer assignment: 611 GiB of temporaries at 1 chunk, 79 GiB at 8 (not yet
+    # measured on an accelerator; raise to 16 if a device still runs out).
     c.optim.contrastive_chunks = 8
     c.optim.groups = (
         (r"^text_encoder/.*/lora/", {}),            # LoRA branches train

@@ -19,6 +19,8 @@ Tests: `get_config("tiny")`. Any field can be overridden with --config.a.b=value
 """
 import ml_collections
 
+from cxrclip_jax import sharding
+
 _LORA_ALL = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 VARIANTS = ("demo", "cpu", "mimic", "tiny")
 
@@ -96,6 +98,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(steps=0, log_every=10, eval_every=0, checkpoint_every=100,
                                            keep_checkpoints=2, max_in_flight=2, nonfinite="stop", max_skips=5))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis (models/) -> mesh axes; e.g. ("embed", None) keeps embeddings replicated under fsdp.
+  c.sharding_rules = sharding.DEFAULT_RULES
 
   if arg == "demo":
     # SmolLM2-135M's first 10 of 30 layers: an unadapted decoder embeds as well from mid depth, and
@@ -131,6 +135,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     # 3 x 512-token texts at a time (8 queries per device on 8 devices) while every query still
     # scores all 512 positives and 512 hard negatives: this is what makes the paper's global batch
     # 512 fit (optim.accum_steps instead would shrink the negatives to a micro-batch's).
+    # benchmarks/gradcache_memory.py --mimic, one of 8 devices, XLA:CPU's buffer assignment:
+    # 476 GiB of temporaries at 1 chunk, 61 GiB at 8 (not yet measured on an accelerator).
     c.stages = "mntp,simcse,supervised"
     c.optim.contrastive_chunks = 8
     c.text.wrapper = "llama3"

@@ -1,7 +1,8 @@
 """Device mesh, logical-axis rules and batch sharding: the only module that touches jax.sharding.
 
-Sharding is data: params and activations carry logical axis names (set in `models/`), and the
-rules table below maps them onto mesh axes. `data` is pure data parallelism, `fsdp` shards
+Sharding is data: params and activations carry logical axis names (set in `models/`), and a
+rules table maps them onto mesh axes: `config.sharding_rules` (DEFAULT_RULES below unless a
+config says otherwise) beside the mesh shape `config.mesh`. `data` is pure data parallelism, `fsdp` shards
 params (and the batch) ZeRO-3 style, `tensor` is Megatron-style tensor parallelism.
 """
 from __future__ import annotations
@@ -38,6 +39,56 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("patch", None),
     ("pos", None),
 )
+
+
+def rules(config) -> tuple[tuple[str, Any], ...]:
+  """The config's logical-axis rules, checked: every logical axis the models use, mesh axes only."""
+  table = config.get("sharding_rules") or DEFAULT_RULES
+  out = []
+  for name, axes in table:
+    axes = None if axes is None else (axes if isinstance(axes, str) else tuple(axes))
+    named = (axes,) if isinstance(axes, str) else (axes or ())
+    if set(named) - set(MESH_AXES):
+      raise ValueError(f"sharding_rules: {name!r} -> {axes!r} names axes outside the mesh {MESH_AXES}")
+    out.append((str(name), axes))
+  missing = [n for n, _ in DEFAULT_RULES if n not in dict(out)]
+  if missing:
+    raise ValueError(f"sharding_rules has no rule for the logical axes {missing}")
+  return tuple(out)
+
+
+def check_fsdp_coverage(abstract_params, shardings, mesh: Mesh, min_size: int = 1_000_000) -> None:
+  """With fsdp > 1, a parameter over `min_size` elements left fully replicated is a rules bug
+  (it costs that memory on every device): fail naming them."""
+  if mesh.shape["fsdp"] == 1:
+    return
+  flat = jax.tree_util.tree_leaves_with_path(abstract_params)
+  specs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  bad = [f"{jax.tree_util.keystr(path)} {tuple(x.shape)}" for (path, x), s in zip(flat, specs)
+         if math.prod(x.shape) > min_size and s.is_fully_replicated]
+  if bad:
+    raise ValueError(f"fsdp={mesh.shape['fsdp']} but {len(bad)} parameters over {min_size:,} elements are "
+                     f"replicated on every device: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+                     f"give their logical axes a rule onto fsdp (config.sharding_rules)")
+
+
+def opt_state_shardings(tx, params, param_shardings, mesh: Mesh):
+  """Shardings of `tx.init(params)`: a leaf that is a copy of a param (Adam's moments: the param's
+  key path ends its own path, same shape) is laid out like that param; the rest (step counts,
+  masked-out entries) is replicated."""
+  abstract = jax.eval_shape(tx.init, params)
+  keys = lambda path: tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+  by_path = {keys(path): (s, x.shape) for (path, x), s in zip(
+      jax.tree_util.tree_leaves_with_path(params),
+      jax.tree.leaves(param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)))}
+  def pick(path, leaf):
+    k = keys(path)
+    for i in range(len(k)):
+      found = by_path.get(k[i:])
+      if found is not None and tuple(found[1]) == tuple(leaf.shape):
+        return found[0]
+    return replicated(mesh)
+  return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -161,17 +212,3 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def on_mesh(tree, mesh: Mesh):
-  """Leaves not yet laid out over the whole mesh (scalars, fresh optimizer counts) -> replicated.
-
-  Anything later restored from a checkpoint keeps these shardings, so it must already be a mesh
-  layout rather than whatever single device created it.
-  """
-  everywhere = set(mesh.devices.flat)
-  def place(x):
-    if isinstance(x, jax.Array) and set(x.sharding.device_set) == everywhere:
-      return x
-    return jax.device_put(x, replicated(mesh))
-  return jax.tree.map(place, tree)

@@ -58,3 +58,29 @@ def test_mesh_validation():
   with pytest.raises(ValueError, match="needs 6 devices"):
     sharding.make_mesh({"data": 3, "tensor": 2})
   assert sharding.make_mesh({"data": -1, "tensor": 2}).shape["data"] == 4
+
+
+def test_rules_come_from_the_config_and_are_checked():
+  import ml_collections
+  c = ml_collections.ConfigDict({"sharding_rules": [list(r) for r in sharding.DEFAULT_RULES]})  # as JSON gives it
+  assert sharding.rules(c) == sharding.DEFAULT_RULES
+  assert sharding.rules(ml_collections.ConfigDict()) == sharding.DEFAULT_RULES
+  with pytest.raises(ValueError, match=r"'embed' -> 'model' names axes outside the mesh"):
+    sharding.rules(ml_collections.ConfigDict({"sharding_rules": (("embed", "model"),)}))
+  with pytest.raises(ValueError, match=r"no rule for the logical axes \['act_batch'"):
+    sharding.rules(ml_collections.ConfigDict({"sharding_rules": sharding.DEFAULT_RULES[1:]}))
+
+
+def test_fsdp_run_fails_naming_a_big_replicated_param():
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      big = self.param("big", nn.with_logical_partitioning(nn.initializers.zeros, ("norm", "norm")), (1024, 1025))
+      ok = self.param("ok", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "mlp")), (1024, 1024))
+      return x @ big[:, :1] + x @ ok[:, :1]
+  init = lambda: Model().init(jax.random.key(0), jnp.zeros((1, 1024)))
+  variables, shardings = sharding.init_sharded(init, mesh)
+  with pytest.raises(ValueError, match=r"1 parameters over 1,000,000 elements are replicated .*\['big'\] \(1024, 1025\)"):
+    sharding.check_fsdp_coverage(variables["params"], shardings["params"], mesh)
+  sharding.check_fsdp_coverage(variables["params"], shardings["params"], sharding.make_mesh({"data": 8}))

@@ -153,7 +153,7 @@ class TextSide:
     if self._embedder is None:
       module, params = self.load(self.config.text.dtype)
       self._embedder = TextEmbedder(module, params, self.tokenizer, self.mesh,
-                                    batch_size=self.config.text.embed_batch_size)
+                                    batch_size=self.config.text.embed_batch_size, rules=sharding.rules(self.config))
     return self._embedder.embed(texts, self.config.text.instruction, progress=self.write_cache,
                                 desc=f"caching {len(texts)} {what} embeddings")
 

@@ -90,7 +90,8 @@ class TextStage:
   def evaluate(self, encoder_params, encoder: TextEncoder | None = None) -> dict:
     encoder = encoder or self.encoder()
     embedder = TextEmbedder(encoder, encoder_params, dataclasses.replace(self.tokenizer,
-                            max_length=self.config.text.max_length), self.mesh, batch_size=32)
+                            max_length=self.config.text.max_length), self.mesh, batch_size=32,
+                            rules=sharding.rules(self.config))
     return text_eval.evaluate_sets(lambda texts, instr: embedder.embed(texts, instr), self.eval_sets())
 
   def export(self, encoder_params, out_dir) -> None:

@@ -32,6 +32,7 @@ class Run:
   config: Any
   workdir: pathlib.Path
   mesh: Any
+  rules: tuple
   task: Task
   state: TrainState
   frozen: dict
@@ -53,20 +54,32 @@ class Run:
 
 def setup(config, workdir, task: Task, mesh) -> Run:
   """Params (created sharded, then overwritten by pretrained weights), optimizer, step, checkpointer."""
-  variables, shardings = sharding.init_sharded(task.init_fn, mesh)
+  try:
+    rules = sharding.rules(config)
+    variables, shardings = sharding.init_sharded(task.init_fn, mesh, rules)
+    sharding.check_fsdp_coverage(variables["params"], shardings["params"], mesh)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   params = task.load_pretrained(variables["params"], shardings["params"])
-  trainable, frozen = split(params, optim.trainable_mask(params, task.param_groups))
+  mask = optim.trainable_mask(params, task.param_groups)
+  (trainable, frozen), (trainable_sh, frozen_sh) = split(params, mask), split(shardings["params"], mask)
   if not jax.tree.leaves(trainable):
     raise TrainingError("optim.groups freeze every parameter; nothing would train")
   o = config.optim
   tx, lr_schedule = optim.build(trainable, lr=o.lr, total_steps=task.total_steps, warmup_steps=o.warmup_steps,
                                 weight_decay=o.weight_decay, b1=o.get("b1", 0.9), b2=o.b2, eps=o.get("eps", 1e-6),
                                 grad_clip=o.grad_clip, groups=task.param_groups, layer_decay=task.layer_decay)
-  state = sharding.on_mesh(TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                                      opt_state=jax.jit(tx.init)(trainable),
-                                      rng=jax.random.key_data(jax.random.key(config.seed + 1))), mesh)
+  # Every piece of the state is created where the step expects it: its shardings are data,
+  # declared to jit for the step's inputs and outputs (and used to restore checkpoints).
+  replicated = sharding.replicated(mesh)
+  state_sh = TrainState(step=replicated, params=trainable_sh, rng=replicated,
+                        opt_state=sharding.opt_state_shardings(tx, trainable, trainable_sh, mesh))
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=trainable,
+                     opt_state=jax.jit(tx.init, out_shardings=state_sh.opt_state)(trainable),
+                     rng=jax.device_put(jax.random.key_data(jax.random.key(config.seed + 1)), replicated))
   step = make_train_step(task.loss_fn, tx, lr_schedule, accum_steps=o.accum_steps, post_update=task.post_update,
-                         extra_metrics=task.extra_metrics, skip_nonfinite=_nonfinite_mode(config) == "skip")
+                         extra_metrics=task.extra_metrics, skip_nonfinite=_nonfinite_mode(config) == "skip",
+                         shardings=(state_sh, frozen_sh, sharding.batch_sharding(mesh), replicated))
   ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
                                  every=config.train.checkpoint_every)
   if jax.process_index() == 0:
@@ -74,7 +87,7 @@ def setup(config, workdir, task: Task, mesh) -> Run:
     print(f"{task.name}: {task.describe}{'; ' if task.describe else ''}params {count(trainable):.2f}M trainable, "
           f"{count(frozen):.2f}M frozen; {task.total_steps} steps of {task.global_batch} on "
           f"{jax.device_count()} devices", flush=True)
-  return Run(config, pathlib.Path(workdir), mesh, task, state, frozen, step, ckpt)
+  return Run(config, pathlib.Path(workdir), mesh, rules, task, state, frozen, step, ckpt)
 
 
 def restore(run: Run, step: int, data_iterator=None) -> None:
@@ -161,7 +174,7 @@ def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
   # queue multiplies the step's memory.
   in_flight = collections.deque()
   guard = _NonFiniteGuard(config, run.checkpointer)
-  with sharding.activate(run.mesh), _finish_saves_on_error(run.checkpointer):
+  with sharding.activate(run.mesh, run.rules), _finish_saves_on_error(run.checkpointer):
     for step in range(start + 1, task.total_steps + 1):
       if len(in_flight) >= c.max_in_flight:
         guard.check(*in_flight.popleft())

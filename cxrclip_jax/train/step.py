@@ -69,7 +69,8 @@ def accumulated_grads(loss_fn: LossFn, params, frozen, batch: dict, rng: jax.Arr
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     accum_steps: int = 1, post_update: Callable[[Any], Any] | None = None,
-                    extra_metrics: Callable[[Any, Any], dict] | None = None, skip_nonfinite: bool = False):
+                    extra_metrics: Callable[[Any, Any], dict] | None = None, skip_nonfinite: bool = False,
+                    shardings: tuple | None = None):
   """The jitted, donated step.
 
   schedule: the optimizer's base learning-rate schedule (logged as `lr`: the rate this update used).
@@ -78,6 +79,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
   extra_metrics: (params, frozen) -> dict of scalars logged with the step's metrics.
   skip_nonfinite: a step whose loss or gradient norm is not finite leaves params and optimizer
     state as they were (the step count and data still advance). `metrics["finite"]` says which.
+  shardings: (state, frozen, batch, metrics) shardings (or prefixes) declared to jit, so inputs
+    and outputs are laid out as the trainer decided rather than as propagation guesses.
   """
   def step(state: TrainState, frozen, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -97,4 +100,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
       metrics.update(extra_metrics(params, frozen))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  state_sh, frozen_sh, batch_sh, metrics_sh = shardings
+  return jax.jit(step, donate_argnums=0, in_shardings=(state_sh, frozen_sh, batch_sh),
+                 out_shardings=(state_sh, metrics_sh))
