@@ -15,6 +15,7 @@ from cxrclip_jax.eval.clip_eval import ClipEvaluator, format_metrics
 from cxrclip_jax import sharding
 from cxrclip_jax.tasks import clip_setup
 from cxrclip_jax.tasks.clip_loss import clamp_scale_in_place, make_loss_fn, temperature_metric
+from cxrclip_jax.train.gradcache import check_chunks
 from cxrclip_jax.train.task import Task, TrainingError
 from data_pipelines import pipelines
 
@@ -29,6 +30,10 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
     if global_bs % divisor or config.data.eval_batch_size % divisor:
       raise TrainingError(f"batch sizes ({global_bs}, {config.data.eval_batch_size}) must be multiples of "
                           f"{what} ({divisor})")
+
+  # optim.contrastive_chunks: the loss embeds each (micro-)batch in that many chunks (GradCache).
+  chunks = config.optim.get("contrastive_chunks", 1)
+  check_chunks(global_bs // config.optim.accum_steps, chunks)
 
   # Data: prepared datasets, Grain pipelines per process.
   data_dirs = clip_setup.data_dirs(config)
@@ -59,12 +64,13 @@ def build(config, workdir, mesh, train: bool = True) -> Task:
 
   model, init_inputs = clip_setup.build_model(config, text)
   vocab_size = None if text.mode == "cached" else model.text.vocab_size
-  evaluator = ClipEvaluator(model, mesh, eval_sets, eval_tables, text.prompt_inputs(), config.clip.similarity)
+  evaluator = ClipEvaluator(model, mesh, eval_sets, eval_tables, text.prompt_inputs(), config.clip.similarity,
+                            rules=sharding.rules(config))
   return Task(
       name="clip", model=model,
       init_fn=lambda: model.init({"params": jax.random.key(config.seed)}, *init_inputs),
       loss_fn=make_loss_fn(model, loss=config.clip.loss, multi_positive=config.clip.multi_positive,
-                           label_smoothing=config.clip.label_smoothing),
+                           label_smoothing=config.clip.label_smoothing, contrastive_chunks=chunks),
       total_steps=total_steps, global_batch=global_bs,
       train_data=train_data if train else None, data_in_checkpoint=True,
       device_batch=lambda batch: clip_setup.device_batch(batch, train_table, mesh, vocab_size),
