@@ -32,6 +32,27 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                          implementation: str = "xla") -> jax.Array:
+  """`jax.nn.dot_product_attention` (B, L, N, H) with the model config's `attention_impl`.
+
+  "xla" is exactly the plain call (jax's default implementation). "cudnn" is cuDNN's fused flash
+  attention (NVIDIA GPUs, bf16/fp16 only; jax raises where a shape or dtype is unsupported). cuDNN
+  takes a mask only as a bias spanning (T, S), so a broadcast key mask (B, 1, 1, S) is expanded to
+  (B, 1, T, S) first: any padding side stays correct.
+  """
+  if implementation == "xla":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  if implementation == "cudnn":
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  raise ValueError(f"unknown attention implementation {implementation!r}; known: {', '.join(ATTENTION_IMPLS)}")
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Activation sharding constraint by logical names; a no-op outside a mesh with rules."""
   return nn.with_logical_constraint(x, tuple(axes))

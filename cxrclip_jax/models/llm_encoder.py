@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxrclip_jax.models import lora as lora_lib
-from cxrclip_jax.models.layers import Dense, RMSNorm, apply_rope, constrain, matmul, param_with_axes, rope_inv_freq
+from cxrclip_jax.models.layers import (Dense, RMSNorm, apply_rope, constrain, dot_product_attention, matmul,
+                                       param_with_axes, rope_inv_freq)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -51,6 +52,7 @@ class LlmConfig:
   dtype: str = "float32"
   remat: bool = False
   lora: lora_lib.LoraConfig | None = None
+  attention_impl: str = "xla"   # xla | cudnn (layers.dot_product_attention); training-mode dropout stays eager
 
   @classmethod
   def from_hf(cls, hf: dict, **overrides) -> "LlmConfig":
@@ -158,7 +160,7 @@ class Attention(nn.Module):
     v = v.reshape(b, l, k, h)
     if deterministic or c.attention_dropout == 0.0:
       # GQA handled inside (N a multiple of K); logits and softmax in fp32; may use a fused kernel.
-      out = jax.nn.dot_product_attention(q, kk, v, mask=mask)   # (B, L, N, H)
+      out = dot_product_attention(q, kk, v, mask, c.attention_impl)   # (B, L, N, H)
     else:
       out = self._dropout_attention(q, kk, v, mask, c.attention_dropout)
     out = constrain(out.reshape(b, l, n * h), ("act_batch", "act_len", "act_heads"))

@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrclip_jax.models.layers import Dense, LayerNorm, constrain, matmul, param_with_axes
+from cxrclip_jax.models.layers import (ATTENTION_IMPLS, Dense, LayerNorm, constrain, dot_product_attention, matmul,
+                                       param_with_axes)
 
 FAMILIES = ("clip", "siglip", "dinov2")
 POOLINGS = ("cls", "map", "mean")
@@ -78,6 +79,7 @@ class VitConfig:
   remat: bool = False
   dropout_rate: float = 0.0        # on each residual branch
   drop_path_rate: float = 0.0      # stochastic depth, rising linearly to this at the last layer
+  attention_impl: str = "xla"      # xla | cudnn: the encoder blocks' attention (layers.dot_product_attention)
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -90,6 +92,8 @@ class VitConfig:
       raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown attention_impl {self.attention_impl!r}; known: {', '.join(ATTENTION_IMPLS)}")
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
@@ -231,7 +235,7 @@ class Attention(nn.Module):
     dense = lambda axes, bias, name: Dense(c.hidden_size, axes, use_bias=bias, dtype=c.compute_dtype, name=name)
     q, k, v = (dense(("embed", "heads"), c.qkv_bias, name)(x).reshape(b, l, n, h)
                for name in ("q_proj", "k_proj", "v_proj"))
-    out = jax.nn.dot_product_attention(q, k, v)  # (B, L, N, H); scale 1/sqrt(H), no mask
+    out = dot_product_attention(q, k, v, None, c.attention_impl)  # (B, L, N, H); scale 1/sqrt(H), no mask
     out = constrain(out.reshape(b, l, n * h), ("act_batch", "act_len", "act_heads"))
     return dense(("heads", "embed"), True, "out_proj")(out)
 
