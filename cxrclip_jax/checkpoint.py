@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -17,8 +18,11 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-  def __init__(self, directory: str | pathlib.Path, keep: int = 3, every: int = 1000):
-    self.directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: str | pathlib.Path | epath.Path, keep: int = 3, every: int = 1000):
+    # epath: a local directory or an object-store one (gs://...), which Orbax writes directly.
+    self.directory = epath.Path(directory)
+    if "://" not in str(directory):
+      self.directory = self.directory.absolute()
     self.every = every
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

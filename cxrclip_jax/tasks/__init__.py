@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import pathlib
+
+from etils import epath
 
 from cxrclip_jax import checkpoint, sharding
 from cxrclip_jax.train import loop
@@ -38,7 +39,7 @@ def run(config, workdir, devices=None) -> dict:
 def load(workdir, step: int | None = None, devices=None):
   """(Run, step) of a workdir: its config.json rebuilt, the checkpoint (default: latest) restored."""
   import ml_collections
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   try:
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   except (OSError, ValueError) as e:

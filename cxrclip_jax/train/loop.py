@@ -12,7 +12,6 @@ import collections
 import contextlib
 import dataclasses
 import json
-import pathlib
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
 from cxrclip_jax import checkpoint, optim, sharding
 from cxrclip_jax.train.state import TrainState, merge, split
@@ -30,7 +30,7 @@ from cxrclip_jax.train.task import Task, TrainingError
 @dataclasses.dataclass
 class Run:
   config: Any
-  workdir: pathlib.Path
+  workdir: epath.Path
   mesh: Any
   rules: tuple
   task: Task
@@ -80,14 +80,14 @@ def setup(config, workdir, task: Task, mesh) -> Run:
   step = make_train_step(task.loss_fn, tx, lr_schedule, accum_steps=o.accum_steps, post_update=task.post_update,
                          extra_metrics=task.extra_metrics, skip_nonfinite=_nonfinite_mode(config) == "skip",
                          shardings=(state_sh, frozen_sh, sharding.batch_sharding(mesh), replicated))
-  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
+  ckpt = checkpoint.Checkpointer(epath.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
                                  every=config.train.checkpoint_every)
   if jax.process_index() == 0:
     count = lambda t: sum(x.size for x in jax.tree.leaves(t)) / 1e6
     print(f"{task.name}: {task.describe}{'; ' if task.describe else ''}params {count(trainable):.2f}M trainable, "
           f"{count(frozen):.2f}M frozen; {task.total_steps} steps of {task.global_batch} on "
           f"{jax.device_count()} devices", flush=True)
-  return Run(config, pathlib.Path(workdir), mesh, rules, task, state, frozen, step, ckpt)
+  return Run(config, epath.Path(workdir), mesh, rules, task, state, frozen, step, ckpt)
 
 
 def restore(run: Run, step: int, data_iterator=None) -> None:
@@ -147,7 +147,7 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)  # local or object-store (gs://...): all workdir I/O goes through epath
   is_main = jax.process_index() == 0
   if is_main:  # `evaluate` and `export` rebuild the run from this
     workdir.mkdir(parents=True, exist_ok=True)
@@ -197,8 +197,7 @@ def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
         last_time, last_step = now, step
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_s']:.0f}")
         if is_main:
-          with open(workdir / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+          _append_line(workdir / "train_log.jsonl", json.dumps(metrics))
       bar.update(1)
       run.checkpointer.maybe_save(step, run.state.checkpointed(), train_iter if task.data_in_checkpoint else None,
                                   force=save)
@@ -218,12 +217,17 @@ def train_and_evaluate(config, workdir, task: Task, mesh) -> dict:
   return results
 
 
-def _write_metrics(workdir: pathlib.Path, results: dict, step: int, is_main: bool, final: bool) -> None:
+def _append_line(path: epath.Path, line: str) -> None:
+  """Object stores cannot append: the file is rewritten whole (logs stay small)."""
+  old = path.read_text() if path.exists() else ""
+  path.write_text(old + line + "\n")
+
+
+def _write_metrics(workdir: epath.Path, results: dict, step: int, is_main: bool, final: bool) -> None:
   """metrics.json at the end; every evaluation also appended to eval_log.jsonl (stage by stage)."""
   if not is_main or not results:
     return
-  with open(workdir / "eval_log.jsonl", "a") as f:
-    f.write(json.dumps({"step": step, **results}, sort_keys=True) + "\n")
+  _append_line(workdir / "eval_log.jsonl", json.dumps({"step": step, **results}, sort_keys=True))
   if final:
     (workdir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"metrics written to {workdir / 'metrics.json'}", flush=True)
