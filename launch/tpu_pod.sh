@@ -35,9 +35,9 @@
 #
 # Paths: WORKDIR, data dirs and model dirs are opened with pathlib/open on every host, so they must
 # be paths on a filesystem every host sees (a shared persistent disk / Filestore NFS mount, or a
-# gcsfuse mount of a bucket), absolute or relative to REMOTE_DIR. gs:// URLs do NOT work yet:
-# pathlib turns gs://b/x into a local gs:/b/x (checkpoint.py passes Path(workdir).absolute() to
-# Orbax, which itself could write to gs://). Routing all I/O through etils.epath is planned.
+# gcsfuse mount of a bucket), absolute or relative to REMOTE_DIR. gs:// URLs do NOT work yet: the
+# training loop and Orbax checkpoints go through etils.epath, but the prepared data, text caches
+# and exports still use local paths (routing them through epath too is planned).
 #
 # The run step lasts as long as training and its output streams here; run the launcher under tmux
 # or nohup so that a dropped connection does not stop it.
