@@ -247,3 +247,11 @@ def learnable_manifest(root: pathlib.Path, n: int = 48) -> pathlib.Path:
                  f"[IMPRESSION] Finding number {i}.", "study_id": f"s{i}", "patient_id": f"p{i}",
                  "split": ["train", "train", "train", "test"][(i // 3) % 4]})
   return manifest(root, rows)
+
+
+def prepared_learnable(root: pathlib.Path, n: int = 48) -> str:
+  """`learnable_manifest` prepared (32 px, shards of 16): a small dataset every trainer test reads."""
+  from data_pipelines import prepare
+  src = learnable_manifest(root / "src", n=n)
+  prepare.run(prepare.Options("manifest", str(root / "prepared"), str(src), image_size=32, shard_size=16))
+  return str(root / "prepared")

@@ -16,7 +16,6 @@ from configs import llm2clip
 from cxrclip_jax import sharding
 from cxrclip_jax.tasks import clip
 from cxrclip_jax.train import loop
-from data_pipelines import prepare
 from test_multiprocess import final_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,10 +24,7 @@ KILLER = pathlib.Path(__file__).resolve().parent / "reference" / "kill_during_sa
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ckptdata")
-  src = fx.learnable_manifest(root / "src", n=48)
-  prepare.run(prepare.Options("manifest", str(root / "prepared"), str(src), image_size=32, shard_size=16))
-  return str(root / "prepared")
+  return fx.prepared_learnable(tmp_path_factory.mktemp("ckptdata"))
 
 
 @pytest.fixture(scope="module")

@@ -129,8 +129,7 @@ def test_chunked_grads_on_a_mesh_equal_1_device(supervised_case):
   """The batch sharded over (data, fsdp) = (2, 2), 2 query rows per device: with 2 chunks each device
   embeds its own row of every chunk (no token ids cross devices), and the result is the unsharded
   single pass's."""
-  if jax.device_count() < 4:
-    pytest.skip("needs 4 devices (tests/conftest.py forces 8)")
+  assert jax.device_count() >= 4, "tests/conftest.py forces 8 CPU devices"
   model, params, batch, reference = supervised_case
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2}, jax.devices()[:4])
   loss_fn = supervised.make_loss_fn(model, SCALE, contrastive_chunks=2)

@@ -12,17 +12,13 @@ import pytest
 
 import data_fixtures as fx
 import hf_tiny
-from data_pipelines import prepare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  root = tmp_path_factory.mktemp("mpdata")
-  src = fx.learnable_manifest(root / "src", n=48)
-  prepare.run(prepare.Options("manifest", str(root / "prepared"), str(src), image_size=32, shard_size=16))
-  return str(root / "prepared")
+  return fx.prepared_learnable(tmp_path_factory.mktemp("mpdata"))
 
 
 def _free_port() -> int:
